@@ -1,0 +1,5 @@
+"""Command line: run, check-config, demo."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    return 0

@@ -1,0 +1,5 @@
+"""Command line of the hardware simulator."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    return 0
