@@ -29,5 +29,5 @@ class OutboxError(AgentError):
     """The durable outbox could not be opened or written."""
 
 
-class Shutdown(AgentError):  # noqa: N818 - it is a signal, not an error condition
+class Shutdown(AgentError):
     """Raised inside the task group to stop the agent in an orderly way."""

@@ -1,0 +1,139 @@
+"""Payload builders for the MQTT contract (SPEC §5). Pure: values in, JSON-ready dicts out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from agent.core.clock import iso_date, rfc3339_ms
+from agent.core.inference import Problem
+
+SCHEMA = "assistance-request/1"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    street: str | None
+    postal_code: str | None
+    city: str | None
+    country: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    name: str | None
+    address: Address
+    phone: str | None
+    email: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "address": {
+                "street": self.address.street,
+                "postal_code": self.address.postal_code,
+                "city": self.address.city,
+                "country": self.address.country,
+            },
+            "phone": self.phone,
+            "email": self.email,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleProfile:
+    vin: str
+    registration_plate: str | None
+    registration_country: str | None
+    model: str | None
+    colour: str | None
+    first_registration: date | None
+    coverage_extension_until: date | None
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    source: str  # "can" | "serial" | "cli"
+    held_ms: int
+    driver_category: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "held_ms": self.held_ms,
+            "driver_category": self.driver_category,
+        }
+
+
+def vehicle_json(profile: VehicleProfile, vin: str, vin_source: str) -> dict[str, Any]:
+    return {
+        "vin": vin,
+        "vin_source": vin_source,
+        "registration_plate": profile.registration_plate,
+        "registration_country": profile.registration_country,
+        "model": profile.model,
+        "colour": profile.colour,
+        "first_registration": iso_date(profile.first_registration),
+    }
+
+
+def build_request(
+    *,
+    incident_id: str,
+    sequence: int,
+    created_at: datetime,
+    trigger: Trigger,
+    contact: Contact,
+    vehicle: dict[str, Any],
+    location: dict[str, Any],
+    problem: Problem,
+    vehicle_state: dict[str, Any],
+    coverage: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "incident_id": incident_id,
+        "sequence": sequence,
+        "created_at": rfc3339_ms(created_at),
+        "trigger": trigger.to_json(),
+        "contact": contact.to_json(),
+        "vehicle": vehicle,
+        "location": location,
+        "problem": problem.to_json(),
+        "vehicle_state": vehicle_state,
+        "coverage": coverage,
+    }
+
+
+def build_cancel(incident_id: str, sequence: int, cancelled_at: datetime) -> dict[str, Any]:
+    return {
+        "incident_id": incident_id,
+        "sequence": sequence,
+        "cancelled_at": rfc3339_ms(cancelled_at),
+    }
+
+
+def build_update(
+    incident_id: str,
+    sequence: int,
+    sent_at: datetime,
+    location: dict[str, Any],
+    vehicle_state: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "incident_id": incident_id,
+        "sequence": sequence,
+        "sent_at": rfc3339_ms(sent_at),
+        "location": location,
+        "vehicle_state": vehicle_state,
+    }
+
+
+UNKNOWN_COVERAGE: dict[str, Any] = {
+    "status": "unknown",
+    "reasons": ["no coverage profile configured"],
+    "valid_until": None,
+    "country_covered": None,
+    "reported_within_24h": None,
+}

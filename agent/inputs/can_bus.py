@@ -1,0 +1,188 @@
+"""CAN adapter: python-can in, typed frames out; LED frames back onto the bus.
+
+Works on any interface python-can supports. A bus with a file descriptor (SocketCAN) is read
+with ``loop.add_reader``; one without (``virtual``, some vendor drivers) by a reader thread that
+hands each message to the loop. Kernel filters restrict the socket to the matrix IDs the agent
+uses. A bus that fails (interface down, bus-off, driver error) is closed and reopened with
+capped, jittered backoff; the agent keeps running meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import can
+
+from agent.backoff import backoff_delays
+from agent.config import CanConfig
+from agent.errors import BusError
+
+log = logging.getLogger("agent.can")
+
+MessageHandler = Callable[[can.Message], None]
+
+
+def open_bus(
+    interface: str, channel: str, bitrate: int, filters: list[int] | None = None, **extra: Any
+) -> can.BusABC:
+    """Open a python-can bus, translating its errors; ``filters`` become kernel filters."""
+    can_filters = (
+        None
+        if filters is None
+        else [{"can_id": fid, "can_mask": 0x7FF, "extended": False} for fid in filters]
+    )
+    try:
+        return can.Bus(
+            interface=interface, channel=channel, bitrate=bitrate, can_filters=can_filters, **extra
+        )
+    except (can.CanError, OSError, ValueError, ImportError) as exc:
+        raise BusError(f"cannot open CAN {interface}:{channel}: {exc}") from exc
+
+
+class BusReader:
+    """Deliver every message of ``bus`` to ``handler`` on the event loop; report failure once."""
+
+    def __init__(self, bus: can.BusABC, handler: MessageHandler) -> None:
+        self.bus = bus
+        self._handler = handler
+        self._loop = asyncio.get_running_loop()
+        self.failed: asyncio.Future[BaseException] = self._loop.create_future()
+        self._fd = -1
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        try:
+            self._fd = bus.fileno()
+        except NotImplementedError:
+            self._fd = -1
+        if self._fd >= 0:
+            self._loop.add_reader(self._fd, self._readable)
+        else:
+            self._thread = threading.Thread(
+                target=self._run_thread, name=f"can-reader-{bus.channel_info}", daemon=True
+            )
+            self._thread.start()
+
+    def _readable(self) -> None:
+        try:
+            # Drain what is queued: one wake-up may cover several frames.
+            for _ in range(64):
+                message = self.bus.recv(0)
+                if message is None:
+                    break
+                self._handler(message)
+        except (can.CanError, OSError, ValueError) as exc:
+            self._fail(exc)
+
+    def _run_thread(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                message = self.bus.recv(0.1)
+            except (can.CanError, OSError, ValueError) as exc:
+                if not self._stopping.is_set():
+                    self._loop.call_soon_threadsafe(self._fail, exc)
+                return
+            if message is not None:
+                try:
+                    self._loop.call_soon_threadsafe(self._handler, message)
+                except RuntimeError:  # loop closed
+                    return
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+        if not self.failed.done():
+            self.failed.set_result(exc)
+
+    def stop(self) -> None:
+        """Stop reading (safe to call twice); the bus itself stays open."""
+        self._stopping.set()
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=1.0)
+            self._thread = None
+
+
+class CanInput:
+    """The agent's CAN connection: filtered reception, LED transmission, reopen on failure."""
+
+    def __init__(
+        self,
+        cfg: CanConfig,
+        filters: list[int],
+        on_message: MessageHandler,
+        on_state: Callable[[str], None],
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.filters = filters
+        self._on_message = on_message
+        self._on_state = on_state
+        self._rng = rng or random.Random()
+        self._bus: can.BusABC | None = None
+        self.state = "unknown"
+        self.counters: dict[str, int] = {}
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self._on_state(state)
+
+    def send(self, frame_id: int, data: bytes) -> bool:
+        bus = self._bus
+        if bus is None:
+            self._count("send_no_bus")
+            return False
+        try:
+            bus.send(can.Message(arbitration_id=frame_id, data=data, is_extended_id=False), 0)
+        except (can.CanError, OSError) as exc:
+            self._count("send_failed")
+            log.debug("CAN send of 0x%03X failed: %s", frame_id, exc)
+            return False
+        return True
+
+    def _receive(self, message: can.Message) -> None:
+        if message.is_error_frame:
+            self._count("error_frames")
+            return
+        if message.is_remote_frame or message.is_extended_id or message.is_fd:
+            self._count("foreign_frames")
+            return
+        self._on_message(message)
+
+    async def run(self) -> None:
+        """Open the bus and read it; on failure close, back off, reopen: until cancelled."""
+        delays = backoff_delays(0.2, 5.0, self._rng)
+        while True:
+            try:
+                bus = open_bus(self.cfg.interface, self.cfg.channel, self.cfg.bitrate, self.filters)
+            except BusError as exc:
+                self._set_state("down")
+                log.warning("%s", exc)
+            else:
+                self._bus = bus
+                reader = BusReader(bus, self._receive)
+                self._set_state("ok")
+                log.info("CAN %s:%s open", self.cfg.interface, self.cfg.channel)
+                try:
+                    exc2 = await reader.failed
+                    self._count("bus_failures")
+                    self._set_state("error")
+                    log.warning("CAN %s failed: %s; reopening", self.cfg.channel, exc2)
+                    delays = backoff_delays(0.2, 5.0, self._rng)
+                finally:
+                    reader.stop()
+                    self._bus = None
+                    with contextlib.suppress(can.CanError, OSError):
+                        bus.shutdown()
+            await asyncio.sleep(next(delays))

@@ -1,0 +1,191 @@
+"""The simulated assistance backend: receives, validates, de-duplicates and acknowledges.
+
+It subscribes to every vehicle under the topic root, validates each message against the
+contract's JSON Schemas, keeps requests de-duplicated by (incident_id, sequence) and counts
+the duplicates QoS 1 may bring, and answers with an ack on ``<root>/<vin>/ack``. It runs
+paho's network thread and hands every event to the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.schemas import errors as schema_errors
+
+log = logging.getLogger("hw_sim.backend")
+
+
+@dataclass
+class Received:
+    kind: str  # request, cancel, update, status
+    vin: str
+    payload: dict[str, Any]
+    at: float  # monotonic arrival time
+    properties: dict[str, Any] = field(default_factory=dict)
+    retained: bool = False
+
+
+class SimulatedBackend:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        root: str = "assistance/v1",
+        protocol: str = "5",
+        auto_ack: str | None = "received",
+        client_id: str = "assistance-backend-sim",
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.root = root
+        self.auto_ack = auto_ack
+        self.protocol = protocol
+        self.received: list[Received] = []
+        self.requests: dict[tuple[str, int], Received] = {}
+        self.duplicates = 0
+        self.invalid: list[tuple[str, list[str]]] = []
+        self.status: dict[str, dict[str, Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311,
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SimulatedBackend:
+        self._loop = asyncio.get_running_loop()
+        await self._loop.run_in_executor(None, self._client.connect, self.host, self.port, 30)
+        self._client.loop_start()
+        async with asyncio.timeout(10):
+            await self._connected.wait()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._loop is None:
+            return
+        self._loop = None
+        self._client.disconnect()
+        await asyncio.get_running_loop().run_in_executor(None, self._client.loop_stop)
+
+    # -- paho thread -> loop ----------------------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
+        client.subscribe(f"{self.root}/+/+", qos=1)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._connected.set)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        properties: dict[str, Any] = {}
+        props = getattr(message, "properties", None)
+        if props is not None:
+            for name in ("ContentType", "ResponseTopic", "CorrelationData"):
+                if hasattr(props, name):
+                    properties[name] = getattr(props, name)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(
+                self._handle, message.topic, bytes(message.payload), properties, message.retain
+            )
+
+    def _handle(self, topic: str, raw: bytes, properties: dict[str, Any], retained: bool) -> None:
+        parts = topic.split("/")
+        vin, kind = parts[-2], parts[-1]
+        if kind == "ack":
+            return
+        if kind == "status" and not raw:
+            return
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            self.invalid.append((topic, ["not JSON"]))
+            log.warning("backend: %s is not JSON", topic)
+            return
+        problems = (
+            schema_errors(kind, payload)
+            if kind in ("request", "cancel", "update", "status")
+            else ["unknown topic"]
+        )
+        if problems:
+            self.invalid.append((topic, problems))
+            log.warning("backend: invalid %s: %s", kind, "; ".join(problems))
+        item = Received(kind, vin, payload, time.monotonic(), properties, retained)
+        self.received.append(item)
+        if kind == "status":
+            self.status[vin] = payload
+        elif kind == "request" and not problems:
+            key = (payload["incident_id"], payload["sequence"])
+            if key in self.requests:
+                self.duplicates += 1
+            else:
+                self.requests[key] = item
+                if self.auto_ack:
+                    self.ack(vin, payload["incident_id"], self.auto_ack)
+        self._changed.set()
+
+    # -- operator actions -------------------------------------------------------------------
+
+    def ack(
+        self,
+        vin: str,
+        incident_id: str,
+        status: str,
+        *,
+        message: str | None = None,
+        eta_minutes: int | None = None,
+    ) -> None:
+        body: dict[str, Any] = {"incident_id": incident_id, "status": status}
+        if message is not None:
+            body["message"] = message
+        if eta_minutes is not None:
+            body["eta_minutes"] = eta_minutes
+        props = None
+        if self.protocol == "5":
+            props = Properties(PacketTypes.PUBLISH)
+            props.ContentType = "application/json"
+            props.CorrelationData = incident_id.encode()
+        self._client.publish(f"{self.root}/{vin}/ack", json.dumps(body), qos=1, properties=props)
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    def of_kind(self, kind: str) -> list[Received]:
+        return [r for r in self.received if r.kind == kind]
+
+    async def wait_for(self, kind: str, count: int = 1, timeout: float = 10.0) -> list[Received]:
+        async with asyncio.timeout(timeout):
+            while len(self.of_kind(kind)) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.of_kind(kind)
+
+    async def wait_status(self, vin: str, key: str, value: Any, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.status.get(vin, {}).get(key) != value:
+                self._changed.clear()
+                await self._changed.wait()

@@ -1,0 +1,249 @@
+"""A simulated car on any python-can bus: roof button module, gateway, TPMS, infotainment.
+
+It sends what the real ECUs send (SPEC §2): CONNECT_BUTTON every 100 ms and on change with
+CRC and alive counter, VEHICLE_STATUS, TYRE_PRESSURE and SAFETY_STATUS every second,
+ASSIST_CATEGORY on change. Values are settable while it runs. :class:`LedObserver` watches the
+agent's CONNECT_LED frames and checks their CRC and alive counter the way a roof module would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import can
+
+from agent.core.e2e import E2EReceiver, E2EResult
+from agent.core.frames import (
+    ASSIST_CATEGORY,
+    CONNECT_BUTTON,
+    CONNECT_LED,
+    SAFETY_STATUS,
+    TYRE_PRESSURE,
+    VEHICLE_STATUS,
+    ButtonState,
+    LedMode,
+    Matrix,
+    SafetyStatus,
+    TyrePressure,
+    VehicleStatus,
+)
+from agent.inputs.can_bus import BusReader, open_bus
+
+log = logging.getLogger("hw_sim.car")
+
+DEFAULT_DBC = Path(__file__).resolve().parent.parent / "config" / "connect.dbc"
+
+HEALTHY_STATUS = VehicleStatus(
+    battery_12v_v=12.6,
+    hv_soc_pct=64.5,
+    range_km=312,
+    ignition="off",
+    trailer_connected=False,
+    hazard_lights=True,
+    doors_locked=False,
+    key_detected=True,
+    speed_kmh=0,
+)
+HEALTHY_TYRES = TyrePressure(fl=250, fr=252, rl=248, rr=250)
+HEALTHY_SAFETY = SafetyStatus(
+    airbag_deployed=False,
+    crash_severity=0,
+    alarm_triggered=False,
+    tamper_detected=False,
+    hv_thermal_event=False,
+    immobilised=True,
+    odometer_km=48_213,
+    active_dtc_count=0,
+)
+
+
+def dbc_path() -> Path:
+    """The matrix DBC: the repository's config/ (also where an editable install finds it)."""
+    return DEFAULT_DBC
+
+
+class SimulatedCar:
+    """The ECUs around the agent. Use as ``async with SimulatedCar(bus) as car:``."""
+
+    def __init__(self, bus: can.BusABC, matrix: Matrix | None = None) -> None:
+        self.bus = bus
+        self.matrix = matrix or Matrix.from_file(dbc_path())
+        self.button = ButtonState.RELEASED
+        self.status: VehicleStatus | None = HEALTHY_STATUS
+        self.tyres: TyrePressure | None = HEALTHY_TYRES
+        self.safety: SafetyStatus | None = HEALTHY_SAFETY
+        self.category: str | None = None
+        self.button_period_s = 0.1
+        self.status_period_s = 1.0
+        self.button_silent = False  # simulate a dead roof module
+        self._tasks: list[asyncio.Task[None]] = []
+        self.sent = 0
+
+    async def __aenter__(self) -> SimulatedCar:
+        self._tasks = [
+            asyncio.create_task(self._cycle_button(), name="sim-button"),
+            asyncio.create_task(self._cycle_status(), name="sim-status"),
+        ]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def send(self, frame_id: int, data: bytes) -> None:
+        try:
+            self.bus.send(can.Message(arbitration_id=frame_id, data=data, is_extended_id=False))
+            self.sent += 1
+        except (can.CanError, OSError) as exc:
+            log.debug("simulated car could not send 0x%03X: %s", frame_id, exc)
+
+    # -- the button module ------------------------------------------------------------------
+
+    def set_button(self, state: ButtonState) -> None:
+        changed = state != self.button
+        self.button = state
+        if changed and not self.button_silent:
+            self.send(CONNECT_BUTTON, self.matrix.encode_button(state))
+
+    async def hold(self, ms: float) -> float:
+        """Press CONNECT, hold it ``ms`` milliseconds, release; returns the press time."""
+        pressed_at = time.monotonic()
+        self.set_button(ButtonState.PRESSED)
+        try:
+            await asyncio.sleep(ms / 1000)
+        finally:
+            self.set_button(ButtonState.RELEASED)
+        return pressed_at
+
+    async def _cycle_button(self) -> None:
+        while True:
+            if not self.button_silent:
+                self.send(CONNECT_BUTTON, self.matrix.encode_button(self.button))
+            await asyncio.sleep(self.button_period_s)
+
+    # -- gateway, TPMS, infotainment --------------------------------------------------------
+
+    def set_category(self, category: str | None) -> None:
+        self.category = category
+        self.send(ASSIST_CATEGORY, self.matrix.encode_category(category))
+
+    def set_status(self, **changes: Any) -> None:
+        assert self.status is not None
+        self.status = replace(self.status, **changes)
+        self.send(VEHICLE_STATUS, self.matrix.encode_vehicle_status(self.status))
+
+    def set_tyres(self, **changes: Any) -> None:
+        assert self.tyres is not None
+        self.tyres = replace(self.tyres, **changes)
+        self.send(TYRE_PRESSURE, self.matrix.encode_tyres(self.tyres))
+
+    def set_safety(self, **changes: Any) -> None:
+        assert self.safety is not None
+        self.safety = replace(self.safety, **changes)
+        self.send(SAFETY_STATUS, self.matrix.encode_safety(self.safety))
+
+    def send_all_status(self) -> None:
+        if self.status is not None:
+            self.send(VEHICLE_STATUS, self.matrix.encode_vehicle_status(self.status))
+        if self.tyres is not None:
+            self.send(TYRE_PRESSURE, self.matrix.encode_tyres(self.tyres))
+        if self.safety is not None:
+            self.send(SAFETY_STATUS, self.matrix.encode_safety(self.safety))
+
+    async def _cycle_status(self) -> None:
+        while True:
+            self.send_all_status()
+            await asyncio.sleep(self.status_period_s)
+
+
+class LedObserver:
+    """Watches CONNECT_LED frames: the modes seen, with E2E checks like the roof module."""
+
+    def __init__(self, bus: can.BusABC) -> None:
+        self.bus = bus
+        self.modes: list[tuple[float, LedMode]] = []  # changes only
+        self.frames = 0
+        self.bad_frames = 0
+        self._e2e = E2EReceiver()
+        self._changed = asyncio.Event()
+        self._reader: BusReader | None = None
+
+    @property
+    def mode(self) -> LedMode | None:
+        return self.modes[-1][1] if self.modes else None
+
+    def start(self) -> LedObserver:
+        self._reader = BusReader(self.bus, self.on_message)
+        return self
+
+    def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
+
+    def on_message(self, message: can.Message) -> None:
+        if message.arbitration_id != CONNECT_LED:
+            return
+        self.frames += 1
+        data = bytes(message.data)
+        if len(data) != 8 or self._e2e.check(data) is not E2EResult.OK:
+            self.bad_frames += 1
+            return
+        try:
+            mode = LedMode(data[1] >> 4)
+        except ValueError:
+            self.bad_frames += 1
+            return
+        if mode != self.mode:
+            self.modes.append((time.monotonic(), mode))
+            self._changed.set()
+
+    async def wait_for(self, mode: LedMode, timeout: float = 10.0) -> float:
+        """Wait until the LED shows ``mode``; returns the monotonic time it changed to it."""
+        async with asyncio.timeout(timeout):
+            while True:
+                if self.mode == mode:
+                    return self.modes[-1][0]
+                self._changed.clear()
+                await self._changed.wait()
+
+    def sequence(self) -> list[str]:
+        return [mode.name.lower() for _, mode in self.modes]
+
+
+def open_sim_bus(interface: str, channel: str, *, receive_own: bool = False) -> can.BusABC:
+    extra: dict[str, Any] = {}
+    if interface == "virtual":
+        extra["receive_own_messages"] = receive_own
+    return open_bus(interface, channel, 500_000, None, **extra)
+
+
+__all__ = [
+    "ASSIST_CATEGORY",
+    "HEALTHY_SAFETY",
+    "HEALTHY_STATUS",
+    "HEALTHY_TYRES",
+    "LedObserver",
+    "SimulatedCar",
+    "dbc_path",
+    "open_sim_bus",
+]
