@@ -14,6 +14,10 @@ import time
 
 import pytest
 
+from hw_sim.mosquitto import free_port
+
+__all__ = ["free_port", "require", "under_ci", "wait_listening"]
+
 
 def under_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
@@ -29,13 +33,6 @@ def require(program: str) -> str:
     if under_ci():
         pytest.fail(message)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_listening(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
