@@ -1,5 +1,106 @@
-"""Command line: run, check-config, demo."""
+"""Command line: ``connect-agent run | check-config | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from agent import __version__, config
+from agent.config import Config, effective
+from agent.errors import AgentError, ConfigError
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="connect-agent",
+        description="The in-car agent behind the roadside-assistance CONNECT button.",
+    )
+    parser.add_argument("--version", action="version", version=f"connect-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", "-c", type=Path, required=True, help="the TOML configuration")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override one key, e.g. --set mqtt.host=127.0.0.1 (beats env and file)",
+        )
+
+    run = sub.add_parser("run", help="run the agent (the systemd service does this)")
+    config_args(run)
+    check = sub.add_parser("check-config", help="validate a configuration and print it")
+    config_args(check)
+    demo = sub.add_parser(
+        "demo", help="the whole loop in one process: simulated car, gpsd, broker and backend"
+    )
+    demo.add_argument(
+        "--embedded-broker",
+        action="store_true",
+        help="use the embedded MQTT broker even when Mosquitto is installed",
+    )
+    demo.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
+    demo.add_argument("--verbose", "-v", action="store_true", help="show the agent's log")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return config.load(args.config, overrides=config.parse_set(args.set))
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            cfg = _load(args)
+            print(json.dumps(effective(cfg), indent=2, default=str))
+            print(f"{cfg.source}: OK", file=sys.stderr)
+            return 0
+        if args.command == "run":
+            cfg = _load(args)
+            setup_logging(cfg.log_level)
+            return asyncio.run(_run(cfg))
+        if args.command == "demo":
+            from agent.demo import run_demo  # noqa: PLC0415
+
+            return asyncio.run(
+                run_demo(
+                    embedded_broker=args.embedded_broker,
+                    protocol=args.protocol,
+                    verbose=args.verbose,
+                )
+            )
+    except ConfigError as exc:
+        print(f"connect-agent: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except AgentError as exc:
+        print(f"connect-agent: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _run(cfg: Config) -> int:
+    from agent.app import Agent  # noqa: PLC0415 - keeps check-config fast
+
+    agent = Agent(cfg)
+    stop = asyncio.Event()
+    agent.install_signal_handlers(stop)
+    await agent.run(stop)
     return 0

@@ -174,6 +174,11 @@ class SimulatedBackend:
 
     # -- waiting ----------------------------------------------------------------------------
 
+    async def next_change(self) -> None:
+        """Wait for the next change (new LED mode / new message)."""
+        self._changed.clear()
+        await self._changed.wait()
+
     def of_kind(self, kind: str) -> list[Received]:
         return [r for r in self.received if r.kind == kind]
 

@@ -226,6 +226,11 @@ class LedObserver:
                 self._changed.clear()
                 await self._changed.wait()
 
+    async def next_change(self) -> None:
+        """Wait for the next change (new LED mode / new message)."""
+        self._changed.clear()
+        await self._changed.wait()
+
     def sequence(self) -> list[str]:
         return [mode.name.lower() for _, mode in self.modes]
 

@@ -1,5 +1,249 @@
-"""Command line of the hardware simulator."""
+"""``hw-sim``: run the simulated car, LED observer, gpsd, backend or broker on real ports.
+
+So that a laptop with vcan0 can drive a separately running agent:
+
+    hw-sim broker --port 1883 &
+    hw-sim gpsd --port 2947 &
+    hw-sim backend --port 1883 &
+    hw-sim car --channel vcan0            # then type: hold 2200
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+
+from agent.core.frames import ButtonState
+
+COMMANDS_HELP = """commands on standard input (one a line):
+  hold MS                 press CONNECT for MS milliseconds
+  press | release | fault the button state until changed
+  silent on|off           stop/resume the button module's frames
+  category NAME|none      the driver's choice (breakdown, puncture, ..., other)
+  battery VOLTS           12 V battery voltage ('na' for not available)
+  tyre fl|fr|rl|rr KPA    one tyre's pressure
+  airbag on|off, crash 0-2, alarm on|off, tamper on|off, thermal on|off
+  doors locked|unlocked, key on|off, ignition off|acc|on, trailer on|off
+  quit
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hw-sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--verbose", "-v", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def bus_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--interface", default="socketcan", help="python-can interface")
+        p.add_argument("--channel", default="vcan0")
+
+    car = sub.add_parser(
+        "car",
+        help="the simulated car's ECUs on a CAN bus",
+        epilog=COMMANDS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bus_args(car)
+    car.add_argument("--hold", type=float, metavar="MS", help="hold CONNECT once, MS ms")
+    car.add_argument(
+        "--after", type=float, default=1.0, metavar="S", help="seconds before --hold (default 1)"
+    )
+    car.add_argument("--exit", action="store_true", help="exit 2 s after --hold")
+    led = sub.add_parser("led", help="print the agent's LED modes as the roof module sees them")
+    bus_args(led)
+    gpsd = sub.add_parser("gpsd", help="a fake gpsd replaying a route")
+    gpsd.add_argument("--host", default="127.0.0.1")
+    gpsd.add_argument("--port", type=int, default=2947)
+    backend = sub.add_parser("backend", help="the simulated assistance backend")
+    backend.add_argument("--host", default="127.0.0.1")
+    backend.add_argument("--port", type=int, default=1883)
+    backend.add_argument("--root", default="assistance/v1")
+    backend.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
+    backend.add_argument(
+        "--ack",
+        default="received",
+        choices=("received", "assigned", "none"),
+        help="the automatic answer to each request",
+    )
+    broker = sub.add_parser("broker", help="the embedded MQTT broker (3.1.1 and 5)")
+    broker.add_argument("--host", default="127.0.0.1")
+    broker.add_argument("--port", type=int, default=1883)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    runner = {
+        "car": _car,
+        "led": _led,
+        "gpsd": _gpsd,
+        "backend": _backend,
+        "broker": _broker,
+    }[args.command]
+    try:
+        asyncio.run(runner(args))
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:  # a simulator tool: report, don't dump a trace at the user
+        print(f"hw-sim {args.command}: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _out(text: str) -> None:
+    print(text, flush=True)
+
+
+def apply_command(car: object, line: str) -> str | None:
+    """Apply one stdin command to the car; returns an error text or None."""
+    from hw_sim.car import SimulatedCar  # noqa: PLC0415
+
+    assert isinstance(car, SimulatedCar)
+    words = line.split()
+    if not words:
+        return None
+    cmd, rest = words[0].lower(), words[1:]
+    flag = {"on": True, "off": False, "locked": True, "unlocked": False}
+    try:
+        if cmd in ("press", "release", "fault"):
+            state = {
+                "press": ButtonState.PRESSED,
+                "release": ButtonState.RELEASED,
+                "fault": ButtonState.FAULT,
+            }[cmd]
+            car.set_button(state)
+        elif cmd == "silent":
+            car.button_silent = flag[rest[0]]
+        elif cmd == "category":
+            car.set_category(None if rest[0] == "none" else rest[0])
+        elif cmd == "battery":
+            car.set_status(battery_12v_v=None if rest[0] == "na" else float(rest[0]))
+        elif cmd == "tyre":
+            car.set_tyres(**{rest[0]: None if rest[1] == "na" else int(rest[1])})
+        elif cmd == "airbag":
+            car.set_safety(airbag_deployed=flag[rest[0]])
+        elif cmd == "crash":
+            car.set_safety(crash_severity=int(rest[0]))
+        elif cmd == "alarm":
+            car.set_safety(alarm_triggered=flag[rest[0]])
+        elif cmd == "tamper":
+            car.set_safety(tamper_detected=flag[rest[0]])
+        elif cmd == "thermal":
+            car.set_safety(hv_thermal_event=flag[rest[0]])
+        elif cmd == "doors":
+            car.set_status(doors_locked=flag[rest[0]])
+        elif cmd == "key":
+            car.set_status(key_detected=flag[rest[0]])
+        elif cmd == "ignition":
+            car.set_status(ignition=rest[0])
+        elif cmd == "trailer":
+            car.set_status(trailer_connected=flag[rest[0]])
+        else:
+            return f"unknown command {cmd!r}"
+    except (IndexError, KeyError, ValueError) as exc:
+        return f"bad arguments for {cmd!r}: {exc}"
+    return None
+
+
+async def _car(args: argparse.Namespace) -> None:
+    from hw_sim.car import SimulatedCar, open_sim_bus  # noqa: PLC0415
+
+    bus = open_sim_bus(args.interface, args.channel)
+    try:
+        async with SimulatedCar(bus) as car:
+            _out(f"car on {args.interface}:{args.channel}; type 'help' for commands")
+            if args.hold is not None:
+                await asyncio.sleep(args.after)
+                _out(f"holding CONNECT for {args.hold:.0f} ms")
+                await car.hold(args.hold)
+                if args.exit:
+                    await asyncio.sleep(2.0)
+                    return
+            reader = asyncio.StreamReader()
+            loop = asyncio.get_running_loop()
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+            while line := (await reader.readline()).decode(errors="replace"):
+                text = line.strip()
+                if text in ("quit", "exit"):
+                    return
+                if text == "help":
+                    _out(COMMANDS_HELP)
+                elif text.startswith("hold"):
+                    try:
+                        ms = float(text.split()[1])
+                    except (IndexError, ValueError):
+                        _out("usage: hold MS")
+                        continue
+                    await car.hold(ms)
+                    _out(f"held {ms:.0f} ms")
+                elif error := apply_command(car, text):
+                    _out(error)
+            # stdin closed (e.g. started in the background): keep the car running
+            await asyncio.Event().wait()
+    finally:
+        bus.shutdown()
+
+
+async def _led(args: argparse.Namespace) -> None:
+    from hw_sim.car import LedObserver, open_sim_bus  # noqa: PLC0415
+
+    bus = open_sim_bus(args.interface, args.channel)
+    observer = LedObserver(bus).start()
+    try:
+        seen = 0
+        while True:
+            await observer.next_change()
+            for _, mode in observer.modes[seen:]:
+                _out(
+                    f"LED {mode.name.lower()}  (frames {observer.frames}, "
+                    f"bad {observer.bad_frames})"
+                )
+            seen = len(observer.modes)
+    finally:
+        observer.stop()
+        bus.shutdown()
+
+
+async def _gpsd(args: argparse.Namespace) -> None:
+    from hw_sim.gpsd import FakeGpsd  # noqa: PLC0415
+
+    async with FakeGpsd(host=args.host, port=args.port) as gpsd:
+        _out(f"fake gpsd on {args.host}:{gpsd.port}")
+        await asyncio.Event().wait()
+
+
+async def _backend(args: argparse.Namespace) -> None:
+    from hw_sim.backend import SimulatedBackend  # noqa: PLC0415
+
+    auto = None if args.ack == "none" else args.ack
+    async with SimulatedBackend(
+        args.host, args.port, root=args.root, protocol=args.protocol, auto_ack=auto
+    ) as backend:
+        _out(f"backend on {args.host}:{args.port}, root {args.root!r}, auto-ack {args.ack}")
+        seen = 0
+        while True:
+            await backend.next_change()
+            for item in backend.received[seen:]:
+                _out(
+                    f"{item.kind} from {item.vin}: " + json.dumps(item.payload, ensure_ascii=False)
+                )
+            seen = len(backend.received)
+
+
+async def _broker(args: argparse.Namespace) -> None:
+    from hw_sim.broker import EmbeddedBroker  # noqa: PLC0415
+
+    async with EmbeddedBroker(host=args.host, port=args.port) as broker:
+        _out(f"embedded MQTT broker on {args.host}:{broker.port}")
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()

@@ -1,0 +1,405 @@
+"""The running agent: one TaskGroup wiring inputs -> core -> outbox -> uplink, and back.
+
+Data flows one way: a CAN frame becomes a typed event, the pure core (button tracker,
+incident controller) decides, the outbox stores, the uplink publishes, and a PUBACK or a
+backend ack comes back as an event. Everything here runs on the event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import can
+
+from agent import __version__
+from agent.config import Config
+from agent.core.button import ButtonTracker, HealthChanged, Held
+from agent.core.clock import rfc3339_ms
+from agent.core.frames import (
+    CONNECT_LED,
+    RECEIVED_IDS,
+    ButtonFrame,
+    CategoryFrame,
+    LedMode,
+    Matrix,
+    Rejected,
+)
+from agent.core.incident import (
+    Incident,
+    IncidentController,
+    SendCancel,
+    SendRequest,
+    parse_ack,
+)
+from agent.core.inference import infer
+from agent.core.location import Fix, LocationTracker
+from agent.core.request import (
+    UNKNOWN_COVERAGE,
+    Trigger,
+    build_cancel,
+    build_request,
+    vehicle_json,
+)
+from agent.core.vehicle import VehicleState
+from agent.errors import Shutdown
+from agent.inputs.can_bus import CanInput
+from agent.inputs.gpsd import GpsdSource
+from agent.outbox import Entry, Outbox
+from agent.uplink import Uplink
+
+log = logging.getLogger("agent")
+
+LED_CYCLE_S = 0.5
+STATUS_CHECK_S = 5.0
+FLUSH_DEADLINE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """What the agent did for one call, for the demo and the benchmarks."""
+
+    incident_id: str
+    sequence: int
+    held_at: float  # monotonic: the hold threshold was reached
+    stored_at: float  # monotonic: on disk
+
+
+class Agent:
+    def __init__(self, config: Config, *, now_utc: Callable[[], datetime] | None = None) -> None:
+        self.config = config
+        self._now_utc = now_utc or (lambda: datetime.now(UTC))
+        self.matrix = Matrix.from_file(config.can.dbc)
+        self.button = ButtonTracker(config.button.hold_ms / 1000)
+        self.incidents = IncidentController(
+            cancel_window_s=config.button.cancel_window_s,
+            deliver_timeout_s=config.button.deliver_timeout_s,
+        )
+        self.vehicle = VehicleState()
+        self.location = LocationTracker()
+        self.outbox = Outbox(config.state_dir)
+        self.vin = config.vehicle.vin
+        self.vin_source = "config"
+        self.uplink = Uplink(config.mqtt, self.vin, self.outbox, self, self._status)
+        self.can = CanInput(config.can, list(RECEIVED_IDS), self._on_can, self._on_can_state)
+        self.gps = GpsdSource(config.gpsd.host, config.gpsd.port, self)
+        self.counters: dict[str, int] = {}
+        self.led_mode = LedMode.OFF
+        self.led_history: list[tuple[float, LedMode]] = []
+        self.calls: list[CallRecord] = []
+        self.deliveries: dict[tuple[str, str, int], float] = {}  # (kind, id, seq) -> monotonic
+        self.started = asyncio.Event()
+        self._since = rfc3339_ms(self._now_utc())
+        self._accepting = True
+        self._button_timer: asyncio.TimerHandle | None = None
+        self._led_timer: asyncio.TimerHandle | None = None
+        self._delivered = asyncio.Event()
+        self._gps_changed = asyncio.Event()
+        self._last_status: dict[str, Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.listeners: list[Callable[[str, Any], None]] = []
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set (or SIGTERM/SIGINT when installed by the CLI)."""
+        self._loop = asyncio.get_running_loop()
+        stop = stop or asyncio.Event()
+        with self.outbox:
+            self._restore()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self.can.run(), name="can")
+                    tg.create_task(self.gps.run(), name="gpsd")
+                    tg.create_task(self.uplink.run(), name="uplink")
+                    tg.create_task(self._led_cycle(), name="led")
+                    tg.create_task(self._status_watch(), name="status")
+                    tg.create_task(self._stop_when(stop), name="shutdown")
+                    self.started.set()
+                    log.info(
+                        "connect-agent %s running for VIN %s (%d pending in outbox)",
+                        __version__,
+                        self.vin,
+                        self.outbox.count(),
+                    )
+            except* Shutdown:
+                log.info("stopped")
+            finally:
+                for timer in (self._button_timer, self._led_timer):
+                    if timer is not None:
+                        timer.cancel()
+
+    def install_signal_handlers(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+    async def _stop_when(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        log.info("stopping: no new input; flushing the outbox for up to %.0f s", FLUSH_DEADLINE_S)
+        self._accepting = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FLUSH_DEADLINE_S):
+                while self.outbox.count() and self.uplink.connected:
+                    self._delivered.clear()
+                    await self._delivered.wait()
+        pending = self.outbox.count()
+        if pending:
+            log.warning("%d message(s) stay in the outbox for the next start", pending)
+        self._set_led(LedMode.OFF)
+        await self.uplink.aclose()
+        raise Shutdown
+
+    def _restore(self) -> None:
+        stored = self.outbox.open_incident()
+        if stored is None:
+            return
+        now = time.monotonic()
+        age = max(0.0, time.time() - stored.opened_at)
+        incident = Incident(
+            stored.incident_id,
+            opened_at=now - age,
+            opened_utc=datetime.fromtimestamp(stored.opened_at, UTC),
+            sequence=stored.sequence,
+            acked=stored.acked,
+        )
+        for entry in self.outbox.pending():
+            if entry.kind == "request" and entry.incident_id == incident.incident_id:
+                incident.undelivered[entry.sequence] = now - (time.time() - entry.created_at)
+        self.incidents.restore(incident)
+        log.info("restored open incident %s (sequence %d)", incident.incident_id, stored.sequence)
+
+    # -- CAN --------------------------------------------------------------------------------
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _on_can(self, message: can.Message) -> None:
+        now = time.monotonic()
+        frame = self.matrix.decode(message.arbitration_id, message.data)
+        if isinstance(frame, Rejected):
+            self._count(f"can_{frame.reason}")
+            if self.counters[f"can_{frame.reason}"] == 1:
+                log.warning("ignored CAN frame 0x%03X: %s", frame.frame_id, frame.reason)
+            return
+        if isinstance(frame, ButtonFrame):
+            if self._accepting:
+                self._button_events(self.button.sample(frame.state, now))
+        elif isinstance(frame, CategoryFrame):
+            self.vehicle.category = frame.category
+        else:
+            self.vehicle.update(frame, now)
+
+    def _on_can_state(self, state: str) -> None:
+        if state != "ok":
+            self.matrix.reset_counters()
+        self._refresh()
+
+    def _button_events(self, events: list[HealthChanged | Held], source: str = "can") -> None:
+        for event in events:
+            if isinstance(event, Held):
+                self._on_hold(event, source)
+            else:
+                log.info("button %s", event.health)
+                if event.health == "fault":
+                    self._count("button_faults")
+                self.incidents.healthy = event.health == "ok"
+        self._schedule_button()
+        self._refresh()
+
+    def _schedule_button(self) -> None:
+        if self._button_timer is not None:
+            self._button_timer.cancel()
+            self._button_timer = None
+        deadline = self.button.deadline()
+        if deadline is not None and self._loop is not None:
+            delay = max(0.0, deadline - time.monotonic())
+            self._button_timer = self._loop.call_later(delay, self._button_tick)
+
+    def _button_tick(self) -> None:
+        self._button_timer = None
+        self._button_events(self.button.tick(time.monotonic()))
+
+    # -- the call ---------------------------------------------------------------------------
+
+    def _on_hold(self, held: Held, source: str) -> None:
+        now_utc = self._now_utc()
+        for action in self.incidents.on_hold(held.at, now_utc, held.held_ms, source):
+            if isinstance(action, SendRequest):
+                payload = self._request_payload(action)
+                self._store("request", action.incident_id, action.sequence, payload)
+                self.outbox.save_incident(
+                    action.incident_id,
+                    action.sequence,
+                    time.time(),
+                    self.incidents.incident is not None and self.incidents.incident.acked,
+                )
+                self.calls.append(
+                    CallRecord(action.incident_id, action.sequence, held.at, time.monotonic())
+                )
+                log.info("call %s sequence %d stored", action.incident_id, action.sequence)
+            elif isinstance(action, SendCancel):
+                payload = build_cancel(action.incident_id, action.sequence, action.cancelled_at)
+                self._store("cancel", action.incident_id, action.sequence, payload)
+                self.outbox.close_incident(action.incident_id)
+                log.info("call %s cancelled by the driver", action.incident_id)
+        self.uplink.kick()
+
+    def _store(self, kind: str, incident_id: str, sequence: int, payload: dict[str, Any]) -> Entry:
+        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        topic = self.uplink.topics.for_kind(kind)
+        entry = self.outbox.add(kind, incident_id, sequence, topic, data)
+        self._notify(kind, payload)
+        return entry
+
+    def _request_payload(self, action: SendRequest) -> dict[str, Any]:
+        now = time.monotonic()
+        status, tyres, safety = self.vehicle.current(now)
+        problem = infer(self.vehicle.category, status, tyres, safety)
+        location = self.location.snapshot(now, action.created_at)
+        return build_request(
+            incident_id=action.incident_id,
+            sequence=action.sequence,
+            created_at=action.created_at,
+            trigger=Trigger(action.source, action.held_ms, self.vehicle.category),
+            contact=self.config.contact,
+            vehicle=vehicle_json(self.config.vehicle, self.vin, self.vin_source),
+            location=location,
+            problem=problem,
+            vehicle_state=self.vehicle.snapshot(now),
+            coverage=dict(UNKNOWN_COVERAGE),
+        )
+
+    # -- gpsd events (FixSink): the tracker keeps the positions, we watch its state ---------
+
+    def on_fix(self, fix: Fix) -> None:
+        self._gps_event(self.location.on_fix, fix)
+
+    def on_no_fix(self, now: float) -> None:
+        self._gps_event(self.location.on_no_fix, now)
+
+    def on_disconnected(self, now: float) -> None:
+        self._gps_event(self.location.on_disconnected, now)
+
+    def _gps_event(self, apply: Callable[[Any], None], value: Any) -> None:
+        before = self.location.gps_state
+        apply(value)
+        if self.location.gps_state != before:
+            log.info("GPS %s", self.location.gps_state)
+            self._gps_changed.set()
+            self._publish_status_if_changed()
+
+    # -- uplink events (UplinkEvents) -------------------------------------------------------
+
+    def on_delivered(self, entry: Entry) -> None:
+        self.deliveries[(entry.kind, entry.incident_id, entry.sequence)] = time.monotonic()
+        if entry.kind == "request":
+            self.incidents.on_delivered(entry.incident_id, entry.sequence)
+        log.info("%s %s/%d delivered", entry.kind, entry.incident_id, entry.sequence)
+        self._delivered.set()
+        self._refresh()
+
+    def on_ack(self, payload: bytes) -> None:
+        ack = parse_ack(payload)
+        if isinstance(ack, str):
+            self._count(f"ack_{ack}")
+            log.warning("ignored malformed ack: %s", ack)
+            return
+        if not self.incidents.on_ack(ack, time.monotonic()):
+            self._count("ack_unknown_incident")
+            log.info("ack %s for incident %s which is not open", ack.status, ack.incident_id)
+            return
+        log.info("backend: incident %s %s", ack.incident_id, ack.status)
+        incident = self.incidents.incident
+        if incident is None:
+            self.outbox.close_incident(ack.incident_id)
+        else:
+            self.outbox.save_incident(
+                incident.incident_id, incident.sequence, time.time(), incident.acked
+            )
+        self._notify("ack", ack)
+        self._refresh()
+
+    def on_connection(self, connected: bool) -> None:
+        self._refresh()
+
+    # -- LED and status ---------------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        """Re-derive the LED (sending on change) and publish the status if it changed."""
+        now = time.monotonic()
+        self._set_led(self.incidents.led(now) if self._accepting else LedMode.OFF)
+        if self._led_timer is not None:
+            self._led_timer.cancel()
+            self._led_timer = None
+        deadline = self.incidents.deadline(now)
+        if deadline is not None and self._loop is not None:
+            self._led_timer = self._loop.call_later(deadline - now, self._refresh)
+        self._publish_status_if_changed()
+
+    def _set_led(self, mode: LedMode) -> None:
+        if mode == self.led_mode:
+            return
+        self.led_mode = mode
+        self.led_history.append((time.monotonic(), mode))
+        log.info("LED %s", mode.name.lower())
+        self.can.send(CONNECT_LED, self.matrix.encode_led(mode))
+        self._notify("led", mode)
+
+    async def _led_cycle(self) -> None:
+        while True:
+            self.can.send(CONNECT_LED, self.matrix.encode_led(self.led_mode))
+            await asyncio.sleep(LED_CYCLE_S)
+
+    async def _status_watch(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_CHECK_S)
+            self._publish_status_if_changed()
+
+    def _status(self, state: str) -> dict[str, Any]:
+        incident = self.incidents.incident
+        oldest = self.outbox.oldest_created_at() if self.outbox.is_open else None
+        counters = {**self.counters, **self.can.counters, **self.uplink.counters}
+        counters.update({f"gps_{k}": v for k, v in getattr(self.gps, "counters", {}).items()})
+        return {
+            "state": state,
+            "since": self._since,
+            "version": __version__,
+            "button": self.button.health,
+            "gps": self.location.gps_state,
+            "can": self.can.state if self.can.state in ("ok", "error", "down") else "unknown",
+            "open_incident": incident.incident_id if incident else None,
+            "outbox_pending": self.outbox.count() if self.outbox.is_open else 0,
+            "oldest_pending_s": None if oldest is None else round(time.time() - oldest, 1),
+            "counters": counters,
+        }
+
+    def _publish_status_if_changed(self) -> None:
+        status = self._status("online")
+        comparable = {k: v for k, v in status.items() if k != "oldest_pending_s"}
+        if comparable != self._last_status and self.uplink.connected:
+            self._last_status = comparable
+            self.uplink.publish_status()
+
+    def _notify(self, what: str, value: Any) -> None:
+        for listener in self.listeners:
+            listener(what, value)
+
+    async def wait_gps_fix(self, timeout: float) -> bool:
+        """Wait until gpsd reports a fix; False when none came within ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.location.gps_state != "fix":
+                    self._gps_changed.clear()
+                    await self._gps_changed.wait()
+        except TimeoutError:
+            return False
+        return True

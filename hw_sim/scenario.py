@@ -1,0 +1,174 @@
+"""One simulated installation: the real agent wired to the simulated car, LED and backend.
+
+Used by ``connect-agent demo``, the integration tests and the benchmarks, so all three
+exercise the same path: a TOML file loaded through the real config loader, the real agent on a
+python-can bus, the simulated car and roof module on the same bus, the backend on the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+from agent import config as config_module
+from agent.app import Agent
+from agent.core.frames import LedMode
+from hw_sim.backend import SimulatedBackend
+from hw_sim.car import LedObserver, SimulatedCar, dbc_path, open_sim_bus
+
+VIN = "YSMFD3KA5PL012345"
+CONTACT = {
+    "name": "Anna Muster",
+    "phone": "+41 79 123 45 67",
+    "email": "anna.muster@example.ch",
+    "street": "Bahnhofstrasse 1",
+    "postal_code": "3011",
+    "city": "Bern",
+    "country": "CH",
+}
+VEHICLE = {
+    "registration_plate": "BE 123456",
+    "registration_country": "CH",
+    "model": "Polestar 2",
+    "colour": "Snow",
+    "first_registration": "2024-03-15",
+}
+
+
+def config_text(
+    state_dir: Path,
+    mqtt_port: int,
+    gpsd_port: int,
+    *,
+    interface: str = "virtual",
+    channel: str = "connect-sim",
+    protocol: str = "5",
+) -> str:
+    """A complete configuration for a simulated installation on loopback."""
+    c, v = CONTACT, VEHICLE
+    return f"""\
+[can]
+interface = "{interface}"
+channel = "{channel}"
+dbc = "{dbc_path()}"
+
+[gpsd]
+host = "127.0.0.1"
+port = {gpsd_port}
+
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt_port}
+protocol = "{protocol}"
+tls = false
+allow_insecure = true
+
+[vehicle]
+vin = "{VIN}"
+registration_plate = "{v["registration_plate"]}"
+registration_country = "{v["registration_country"]}"
+model = "{v["model"]}"
+colour = "{v["colour"]}"
+first_registration = {v["first_registration"]}
+
+[contact]
+name = "{c["name"]}"
+phone = "{c["phone"]}"
+email = "{c["email"]}"
+
+[contact.address]
+street = "{c["street"]}"
+postal_code = "{c["postal_code"]}"
+city = "{c["city"]}"
+country = "{c["country"]}"
+
+[state]
+directory = "{state_dir}"
+"""
+
+
+class Scenario:
+    """``async with Scenario(dir, mqtt_port, gpsd_port) as s:`` -> s.agent, s.car, s.led, s.backend.
+
+    On entry the agent runs, its LED shows ``ready`` and its status is ``online``.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        mqtt_port: int,
+        gpsd_port: int,
+        *,
+        interface: str = "virtual",
+        channel: str | None = None,
+        protocol: str = "5",
+        overrides: Mapping[str, str] | None = None,
+        auto_ack: str | None = "received",
+    ) -> None:
+        self.directory = Path(directory)
+        self.channel = channel or f"connect-sim-{os.getpid()}-{id(self)}"
+        self.interface = interface
+        self.config_path = self.directory / "agent.toml"
+        self.config_path.write_text(
+            config_text(
+                self.directory / "state",
+                mqtt_port,
+                gpsd_port,
+                interface=interface,
+                channel=self.channel,
+                protocol=protocol,
+            )
+        )
+        self.config = config_module.load(self.config_path, environ={}, overrides=overrides)
+        self.agent = Agent(self.config)
+        self.backend = SimulatedBackend(
+            "127.0.0.1", mqtt_port, protocol=protocol, auto_ack=auto_ack
+        )
+        self.bus = open_sim_bus(interface, self.channel)
+        self.car = SimulatedCar(self.bus)
+        self.led = LedObserver(self.bus)
+        self.stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Scenario:
+        self.led.start()
+        await self.backend.__aenter__()
+        await self.car.__aenter__()
+        self._task = asyncio.create_task(self.agent.run(self.stop), name="agent")
+        try:
+            await self.led.wait_for(LedMode.READY, timeout=10)
+            await self.backend.wait_status(VIN, "state", "online", timeout=10)
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def stop_agent(self, timeout: float = 15.0) -> None:
+        """Stop the agent the way SIGTERM does and wait for it to finish."""
+        self.stop.set()
+        task, self._task = self._task, None
+        if task is not None:
+            async with asyncio.timeout(timeout):
+                await task
+
+    async def aclose(self) -> None:
+        try:
+            await self.stop_agent()
+        finally:
+            await self.car.aclose()
+            self.led.stop()
+            with contextlib.suppress(Exception):
+                self.bus.shutdown()
+            await self.backend.aclose()
