@@ -68,11 +68,12 @@ async def run_demo(
                 _say(json.dumps(received.payload, indent=2, ensure_ascii=False))
                 problems = [p for _, p in sim.backend.invalid]
                 _say(f"\nschema:  {problems or 'valid'}")
-                _say(
-                    f"hold threshold -> request on disk         {_ms(call.stored_at - call.held_at)}"
-                )
-                _say(f"hold threshold -> backend has the request {_ms(received.at - call.held_at)}")
-                _say(f"hold threshold -> PUBACK at the agent     {_ms(puback - call.held_at)}")
+                for what, at in (
+                    ("request on disk", call.stored_at),
+                    ("backend has the request", received.at),
+                    ("PUBACK at the agent", puback),
+                ):
+                    _say(f"hold threshold -> {what:<24}{_ms(at - call.held_at)}")
                 _say("backend: acknowledged 'received'; the operator now closes the incident")
                 sim.backend.ack(VIN, call.incident_id, "closed")
                 await sim.led.wait_for(LedMode.READY, timeout=10)
