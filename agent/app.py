@@ -368,7 +368,7 @@ class Agent:
         incident = self.incidents.incident
         oldest = self.outbox.oldest_created_at() if self.outbox.is_open else None
         counters = {**self.counters, **self.can.counters, **self.uplink.counters}
-        counters.update({f"gps_{k}": v for k, v in getattr(self.gps, "counters", {}).items()})
+        counters.update({f"gps_{k}": v for k, v in self.gps.counters.items()})
         return {
             "state": state,
             "since": self._since,
@@ -379,7 +379,7 @@ class Agent:
             "open_incident": incident.incident_id if incident else None,
             "outbox_pending": self.outbox.count() if self.outbox.is_open else 0,
             "oldest_pending_s": None if oldest is None else round(time.time() - oldest, 1),
-            "counters": counters,
+            "counters": {name: n for name, n in sorted(counters.items()) if n},
         }
 
     def _publish_status_if_changed(self) -> None:
