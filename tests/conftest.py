@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from gpsfake import gpsfake_gpsd
+from peers import require
 
 from hw_sim.gpsd import FakeGpsd, load_route, route_to_nmea
 from hw_sim.mosquitto import Mosquitto
-from peers import require
 
 
 @pytest_asyncio.fixture

@@ -6,6 +6,7 @@ simulator validates everything against the JSON Schemas.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -27,7 +28,7 @@ NOTHING_WINDOW_S = 1.0  # how long "nothing arrives" is watched for
 def near_route(lat: float, lon: float, tolerance_m: float = 50.0) -> bool:
     """The position lies on the simulated route (within ``tolerance_m`` of a segment)."""
     points = [(p.lat, p.lon) for p in load_route().points]
-    for (lat1, lon1), (lat2, lon2) in zip(points, points[1:], strict=False):
+    for (lat1, lon1), (lat2, lon2) in itertools.pairwise(points):
         # Project on the segment in a local flat frame: fine for segments of a few hundred m.
         kx = 111_320 * math.cos(math.radians(lat1))
         ky = 110_540
