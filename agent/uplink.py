@@ -99,6 +99,7 @@ class Uplink:
         self._connack: asyncio.Future[bool] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
+        self._closing = False  # aclose() asked for the disconnect
         self._waiters: dict[int, asyncio.Future[None]] = {}  # status mid -> its PUBACK
         self.connects = 0
         self.counters: dict[str, int] = {}
@@ -162,6 +163,7 @@ class Uplink:
 
     async def aclose(self, timeout: float = 2.0) -> None:
         """Publish the offline status and disconnect cleanly (no Last Will needed)."""
+        self._closing = True
         client = self._client
         if client is None or not self._connected:
             self._teardown()
@@ -366,7 +368,10 @@ class Uplink:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
-        log.warning("MQTT disconnected: %s", reason)
+        if reason.is_failure or not self._closing:
+            log.warning("MQTT disconnected: %s", reason)
+        else:
+            log.info("MQTT disconnected: %s", reason)
         if self._connack is not None and not self._connack.done():
             self._connack.set_exception(UplinkError(f"disconnected before CONNACK: {reason}"))
         self._lost()
