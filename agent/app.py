@@ -61,6 +61,7 @@ log = logging.getLogger("agent")
 LED_CYCLE_S = 0.5
 STATUS_CHECK_S = 5.0
 FLUSH_DEADLINE_S = 5.0
+PURGE_EVERY_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,7 @@ class Agent:
         )
         self.vehicle = VehicleState()
         self.location = LocationTracker()
-        self.outbox = Outbox(config.state_dir)
+        self.outbox = Outbox(config.state_dir, config.outbox_limits)
         self.vin = config.vehicle.vin
         self.vin_source = "config"
         self.uplink = Uplink(config.mqtt, self.vin, self.outbox, self, self._status)
@@ -360,14 +361,19 @@ class Agent:
             await asyncio.sleep(LED_CYCLE_S)
 
     async def _status_watch(self) -> None:
+        last_purge = time.monotonic()
         while True:
             await asyncio.sleep(STATUS_CHECK_S)
+            if time.monotonic() - last_purge >= PURGE_EVERY_S:
+                last_purge = time.monotonic()
+                self.outbox.purge_expired()
             self._publish_status_if_changed()
 
     def _status(self, state: str) -> dict[str, Any]:
         incident = self.incidents.incident
         oldest = self.outbox.oldest_created_at() if self.outbox.is_open else None
         counters = {**self.counters, **self.can.counters, **self.uplink.counters}
+        counters.update({f"outbox_{k}": v for k, v in self.outbox.counters.items()})
         counters.update({f"gps_{k}": v for k, v in self.gps.counters.items()})
         return {
             "state": state,

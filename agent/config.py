@@ -20,6 +20,7 @@ from typing import Any
 from agent.core.request import Address, Contact, VehicleProfile
 from agent.core.vin import vin_problem
 from agent.errors import ConfigError
+from agent.outbox import Limits
 
 ENV_PREFIX = "CONNECT_AGENT__"
 _REQUIRED = object()
@@ -79,6 +80,7 @@ class Config:
     vehicle: VehicleProfile
     contact: Contact
     state_dir: Path
+    outbox_limits: Limits
     coverage_profile: Path | None
     log_level: str
 
@@ -284,6 +286,9 @@ FIELDS: dict[str, tuple[Parser, Any]] = {
     "contact.address.city": (_opt_str, None),
     "contact.address.country": (_country, None),
     "state.directory": (_path, "/var/lib/connect-agent"),
+    "state.max_rows": (_int(10, 1_000_000), 1000),
+    "state.max_bytes": (_int(65_536, 1 << 30), 8 * 1024 * 1024),
+    "state.retention_days": (_float(0.01, 365), 7.0),
     "coverage.profile": (_opt_path, None),
     "log.level": (_log_level, "INFO"),
 }
@@ -451,6 +456,9 @@ def _build(path: Path, v: dict[str, Any]) -> Config:
             email=v["contact.email"],
         ),
         state_dir=v["state.directory"],
+        outbox_limits=Limits(
+            v["state.max_rows"], v["state.max_bytes"], v["state.retention_days"] * 86400
+        ),
         coverage_profile=coverage,
         log_level=v["log.level"],
     )
@@ -524,7 +532,12 @@ def effective(config: Config) -> dict[str, dict[str, Any]]:
                 "country": contact.address.country,
             },
         },
-        "state": {"directory": str(c.state_dir)},
+        "state": {
+            "directory": str(c.state_dir),
+            "max_rows": c.outbox_limits.max_rows,
+            "max_bytes": c.outbox_limits.max_bytes,
+            "retention_days": c.outbox_limits.retention_s / 86400,
+        },
         "coverage": {"profile": str(c.coverage_profile) if c.coverage_profile else None},
         "log": {"level": c.log_level},
     }

@@ -5,8 +5,15 @@ power cut. Messages keep their insertion order and are unique per (kind, inciden
 sequence), so re-publishing after a restart carries the original ids. The open incident is
 kept too (no personal data: id, sequence, times), so a restart does not forget it.
 
-A database that cannot be opened or fails its integrity check is moved aside (``*.corrupt-N``)
-and replaced, reported once; it never causes a crash loop.
+Nothing here may lose a call:
+- A database that cannot be opened or fails its integrity check is moved aside
+  (``*.corrupt-N``) and replaced, reported once; it never causes a crash loop.
+- A write that fails (full disk, I/O error, a file corrupted under us) keeps the message in
+  memory, so it is still published; it is written to disk again as soon as that works.
+- Limits (rows, bytes) only ever evict ``update`` messages: a request or a cancel is kept
+  beyond the limit, with a warning.
+- Deleted rows are overwritten (``secure_delete``): acknowledged personal data does not linger
+  in the file. Messages older than the retention period are purged.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ import logging
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -43,11 +51,12 @@ CREATE TABLE IF NOT EXISTS incidents (
     closed_at REAL
 );
 """
+EVICTABLE = "update"
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    id: int
+    id: int  # negative: held in memory because the disk refused it
     kind: str  # "request" | "cancel" | "update"
     incident_id: str
     sequence: int
@@ -64,11 +73,32 @@ class StoredIncident:
     acked: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_rows: int = 1000
+    max_bytes: int = 8 * 1024 * 1024
+    retention_s: float = 7 * 86400
+
+
 class Outbox:
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        limits: Limits | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = Path(directory) / FILENAME
+        self.limits = limits or Limits()
+        self._clock = clock
         self._db: sqlite3.Connection | None = None
-        self.replaced_corrupt = 0
+        self._memory: dict[int, Entry] = {}  # entries the disk refused, by negative id
+        self._next_memory_id = -1
+        self.counters: dict[str, int] = {}
+        self.healthy = True
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -85,6 +115,9 @@ class Outbox:
                 self._db = self._connect()
             except sqlite3.Error as again:
                 raise OutboxError(f"cannot create outbox {self.path}: {again}") from again
+        except OSError as exc:
+            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+        self.purge_expired()
         return self
 
     def _connect(self) -> sqlite3.Connection:
@@ -95,6 +128,7 @@ class Outbox:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA secure_delete=ON")
             result = db.execute("PRAGMA quick_check").fetchone()
             if result is None or result[0] != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {result}")
@@ -102,6 +136,10 @@ class Outbox:
         except sqlite3.Error:
             db.close()
             raise
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(self.path) + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
         return db
 
     def _move_aside(self, reason: Exception) -> None:
@@ -113,7 +151,7 @@ class Outbox:
             src = Path(str(self.path) + suffix)
             if src.exists():
                 src.rename(Path(str(aside) + suffix))
-        self.replaced_corrupt += 1
+        self._count("replaced_corrupt")
 
     def close(self) -> None:
         if self._db is not None:
@@ -141,65 +179,205 @@ class Outbox:
             raise OutboxError("outbox is not open")
         return self._db
 
+    def _failed(self, what: str, exc: sqlite3.Error) -> None:
+        """A write or read failed: report it; a corrupt file is replaced at once."""
+        self._count("write_errors")
+        if self.healthy:
+            log.error("outbox %s failed: %s; keeping messages in memory", what, exc)
+        self.healthy = False
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+            self.close()
+            try:
+                self._move_aside(exc)
+                self._db = self._connect()
+            except (sqlite3.Error, OSError) as again:
+                log.error("cannot replace the outbox: %s", again)
+                self._db = None
+
+    def _flush_memory(self) -> None:
+        """Try to put entries held in memory on disk, in order."""
+        for memory_id, entry in sorted(self._memory.items(), reverse=True):
+            try:
+                self._insert(entry)
+            except sqlite3.Error:
+                return
+            del self._memory[memory_id]
+            log.info(
+                "outbox: %s %s/%d written to disk", entry.kind, entry.incident_id, entry.sequence
+            )
+        self.healthy = True
+
     # -- messages ---------------------------------------------------------------------------
 
-    def add(self, kind: str, incident_id: str, sequence: int, topic: str, payload: bytes) -> Entry:
-        """Store a message durably (committed and synced) and return it."""
-        now = time.time()
-        try:
-            cursor = self.db.execute(
-                "INSERT OR IGNORE INTO messages "
-                "(kind, incident_id, sequence, topic, payload, created_at) VALUES (?,?,?,?,?,?)",
-                (kind, incident_id, sequence, topic, payload, now),
-            )
-        except sqlite3.Error as exc:
-            raise OutboxError(f"cannot store {kind} {incident_id}/{sequence}: {exc}") from exc
+    def _insert(self, entry: Entry) -> Entry:
+        if self._db is None:
+            raise sqlite3.OperationalError("outbox is not open")
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO messages "
+            "(kind, incident_id, sequence, topic, payload, created_at) VALUES (?,?,?,?,?,?)",
+            (
+                entry.kind,
+                entry.incident_id,
+                entry.sequence,
+                entry.topic,
+                entry.payload,
+                entry.created_at,
+            ),
+        )
         if cursor.rowcount == 0:  # already stored: idempotent by (kind, incident_id, sequence)
-            row = self.db.execute(
+            row = self._db.execute(
                 "SELECT id, created_at FROM messages WHERE kind=? AND incident_id=? AND sequence=?",
-                (kind, incident_id, sequence),
+                (entry.kind, entry.incident_id, entry.sequence),
             ).fetchone()
-            return Entry(row[0], kind, incident_id, sequence, topic, payload, row[1])
+            return replace(entry, id=row[0], created_at=row[1])
         assert cursor.lastrowid is not None
-        return Entry(cursor.lastrowid, kind, incident_id, sequence, topic, payload, now)
+        return replace(entry, id=cursor.lastrowid)
+
+    def add(self, kind: str, incident_id: str, sequence: int, topic: str, payload: bytes) -> Entry:
+        """Store a message durably (committed and synced) and return it.
+
+        Never raises for a disk problem: the message is then kept in memory and still sent.
+        """
+        entry = Entry(0, kind, incident_id, sequence, topic, payload, self._clock())
+        if not self._make_room(entry):
+            self._count("updates_dropped")
+            log.warning("outbox full: update %s/%d not stored", incident_id, sequence)
+            return entry
+        if self._memory:
+            self._flush_memory()
+        try:
+            return self._insert(entry)
+        except sqlite3.Error as exc:
+            self._failed(f"storing {kind} {incident_id}/{sequence}", exc)
+        entry = replace(entry, id=self._next_memory_id)
+        self._next_memory_id -= 1
+        self._memory[entry.id] = entry
+        return entry
+
+    def _usage(self) -> tuple[int, int]:
+        row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages")
+        rows, size = row.fetchone()
+        return int(rows), int(size)
+
+    def _make_room(self, entry: Entry) -> bool:
+        """Evict the oldest updates until ``entry`` fits; False if an update does not fit."""
+        try:
+            rows, size = self._usage()
+            while rows + 1 > self.limits.max_rows or size + len(entry.payload) > (
+                self.limits.max_bytes
+            ):
+                victim = self.db.execute(
+                    "SELECT id, LENGTH(payload) FROM messages WHERE kind=? ORDER BY id LIMIT 1",
+                    (EVICTABLE,),
+                ).fetchone()
+                if victim is None:
+                    if entry.kind == EVICTABLE:
+                        return False
+                    self._count("over_limit")
+                    log.warning(
+                        "outbox over its limits: keeping %s %s/%d anyway",
+                        entry.kind,
+                        entry.incident_id,
+                        entry.sequence,
+                    )
+                    return True
+                self.db.execute("DELETE FROM messages WHERE id=?", (victim[0],))
+                self._count("updates_evicted")
+                rows, size = rows - 1, size - int(victim[1])
+        except sqlite3.Error as exc:
+            self._failed("checking limits", exc)
+        return True
 
     def pending(self) -> list[Entry]:
-        rows = self.db.execute(
-            "SELECT id, kind, incident_id, sequence, topic, payload, created_at "
-            "FROM messages ORDER BY id"
-        ).fetchall()
-        return [Entry(*row) for row in rows]
+        """Every message not yet acknowledged by the broker, oldest first."""
+        entries: list[Entry] = []
+        if self._db is not None:
+            try:
+                rows = self._db.execute(
+                    "SELECT id, kind, incident_id, sequence, topic, payload, created_at "
+                    "FROM messages ORDER BY id"
+                ).fetchall()
+                entries = [Entry(*row) for row in rows]
+            except sqlite3.Error as exc:
+                self._failed("reading", exc)
+        entries += sorted(self._memory.values(), key=lambda e: -e.id)
+        return entries
 
     def remove(self, entry_id: int) -> None:
         """The broker acknowledged the message (PUBACK): it is no longer ours to keep."""
-        self.db.execute("DELETE FROM messages WHERE id=?", (entry_id,))
+        if entry_id < 0:
+            self._memory.pop(entry_id, None)
+            return
+        try:
+            self.db.execute("DELETE FROM messages WHERE id=?", (entry_id,))
+        except sqlite3.Error as exc:
+            self._failed("deleting", exc)
 
     def count(self) -> int:
-        row = self.db.execute("SELECT COUNT(*) FROM messages").fetchone()
-        return int(row[0])
+        disk = 0
+        if self._db is not None:
+            try:
+                disk = int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+            except sqlite3.Error as exc:
+                self._failed("counting", exc)
+        return disk + len(self._memory)
 
     def oldest_created_at(self) -> float | None:
-        row = self.db.execute("SELECT MIN(created_at) FROM messages").fetchone()
-        return None if row[0] is None else float(row[0])
+        times = [e.created_at for e in self._memory.values()]
+        if self._db is not None:
+            try:
+                row = self._db.execute("SELECT MIN(created_at) FROM messages").fetchone()
+                if row[0] is not None:
+                    times.append(float(row[0]))
+            except sqlite3.Error as exc:
+                self._failed("reading", exc)
+        return min(times) if times else None
+
+    def purge_expired(self) -> int:
+        """Delete messages and incidents older than the retention period; returns rows gone."""
+        cutoff = self._clock() - self.limits.retention_s
+        try:
+            gone = self.db.execute("DELETE FROM messages WHERE created_at < ?", (cutoff,)).rowcount
+            self.db.execute(
+                "DELETE FROM incidents WHERE opened_at < ? OR closed_at < ?", (cutoff, cutoff)
+            )
+        except sqlite3.Error as exc:
+            self._failed("purging", exc)
+            return 0
+        if gone:
+            self._count("expired", gone)
+            log.warning("outbox: %d message(s) older than the retention period purged", gone)
+        return int(gone)
 
     # -- incidents --------------------------------------------------------------------------
 
     def save_incident(self, incident_id: str, sequence: int, opened_at: float, acked: bool) -> None:
-        self.db.execute(
-            "INSERT INTO incidents (incident_id, sequence, opened_at, acked) VALUES (?,?,?,?) "
-            "ON CONFLICT(incident_id) DO UPDATE SET sequence=excluded.sequence, "
-            "acked=excluded.acked",
-            (incident_id, sequence, opened_at, int(acked)),
-        )
+        try:
+            self.db.execute(
+                "INSERT INTO incidents (incident_id, sequence, opened_at, acked) VALUES (?,?,?,?) "
+                "ON CONFLICT(incident_id) DO UPDATE SET sequence=excluded.sequence, "
+                "acked=excluded.acked",
+                (incident_id, sequence, opened_at, int(acked)),
+            )
+        except (sqlite3.Error, OutboxError) as exc:
+            self._count("write_errors")
+            log.error("outbox: cannot save incident state: %s", exc)
 
     def close_incident(self, incident_id: str) -> None:
-        self.db.execute(
-            "UPDATE incidents SET closed_at=? WHERE incident_id=?", (time.time(), incident_id)
-        )
+        """The incident is over: forget it (it holds no personal data, only ids and times)."""
+        try:
+            self.db.execute("DELETE FROM incidents WHERE incident_id=?", (incident_id,))
+        except (sqlite3.Error, OutboxError) as exc:
+            self._count("write_errors")
+            log.error("outbox: cannot close incident: %s", exc)
 
     def open_incident(self) -> StoredIncident | None:
-        row = self.db.execute(
-            "SELECT incident_id, sequence, opened_at, acked FROM incidents "
-            "WHERE closed_at IS NULL ORDER BY opened_at DESC LIMIT 1"
-        ).fetchone()
+        try:
+            row = self.db.execute(
+                "SELECT incident_id, sequence, opened_at, acked FROM incidents "
+                "WHERE closed_at IS NULL ORDER BY opened_at DESC LIMIT 1"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            self._failed("reading incidents", exc)
+            return None
         return None if row is None else StoredIncident(row[0], row[1], row[2], bool(row[3]))

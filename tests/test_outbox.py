@@ -1,0 +1,177 @@
+"""The durable outbox: order, idempotence, limits, retention, corruption, disk failures."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.outbox import FILENAME, Limits, Outbox
+
+T = "assistance/v1/VIN/request"
+ID1 = "11111111-1111-4111-8111-111111111111"
+ID2 = "22222222-2222-4222-8222-222222222222"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_messages_survive_a_restart_in_order_with_their_ids(tmp_path: Path) -> None:
+    with Outbox(tmp_path) as box:
+        box.add("request", ID1, 1, T, b'{"a":1}')
+        box.add("cancel", ID1, 1, T, b'{"b":2}')
+        box.add("request", ID2, 1, T, b'{"c":3}')
+        box.save_incident(ID2, 1, time.time(), False)
+    with Outbox(tmp_path) as box:
+        pending = box.pending()
+        assert [(e.kind, e.incident_id, e.sequence) for e in pending] == [
+            ("request", ID1, 1),
+            ("cancel", ID1, 1),
+            ("request", ID2, 1),
+        ]
+        assert box.open_incident() is not None
+        box.remove(pending[0].id)
+        assert box.count() == 2
+
+
+def test_adding_twice_is_idempotent_and_keeps_the_original(tmp_path: Path) -> None:
+    clock = Clock()
+    with Outbox(tmp_path, clock=clock) as box:
+        first = box.add("request", ID1, 1, T, b"x")
+        clock.now += 60
+        again = box.add("request", ID1, 1, T, b"x")
+        assert again.id == first.id
+        assert again.created_at == first.created_at
+        assert box.count() == 1
+
+
+def test_file_is_private(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "state") as box:
+        box.add("request", ID1, 1, T, b"x")
+    mode = stat.S_IMODE((tmp_path / "state" / FILENAME).stat().st_mode)
+    assert mode == 0o600
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+
+
+def test_deleted_personal_data_does_not_linger_in_the_file(tmp_path: Path) -> None:
+    secret = b"Anna Muster +41 79 123 45 67"
+    with Outbox(tmp_path) as box:
+        entry = box.add("request", ID1, 1, T, b'{"contact":"' + secret + b'"}')
+        box.remove(entry.id)
+        box.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for path in tmp_path.iterdir():
+        assert secret not in path.read_bytes(), path.name
+
+
+def test_corrupt_file_is_moved_aside_and_replaced(tmp_path: Path) -> None:
+    (tmp_path / FILENAME).write_bytes(b"this is not a database" * 100)
+    with Outbox(tmp_path) as box:
+        assert box.counters["replaced_corrupt"] == 1
+        box.add("request", ID1, 1, T, b"x")
+        assert box.count() == 1
+    assert (tmp_path / f"{FILENAME}.corrupt-1").exists()
+    with Outbox(tmp_path) as box:  # and the next start is normal: no crash loop
+        assert box.counters.get("replaced_corrupt", 0) == 0
+        assert box.count() == 1
+
+
+def test_limits_evict_only_updates(tmp_path: Path) -> None:
+    with Outbox(tmp_path, Limits(max_rows=3, max_bytes=1 << 20)) as box:
+        box.add("update", ID1, 1, T, b"u1")
+        box.add("update", ID1, 2, T, b"u2")
+        box.add("request", ID1, 1, T, b"r1")
+        box.add("request", ID2, 1, T, b"r2")  # evicts the oldest update
+        assert [(e.kind, e.sequence) for e in box.pending()] == [
+            ("update", 2),
+            ("request", 1),
+            ("request", 1),
+        ]
+        box.add("cancel", ID1, 1, T, b"c")  # evicts the other update
+        box.add("request", ID2, 2, T, b"r3")  # nothing to evict: kept over the limit
+        assert box.count() == 4
+        assert box.counters["over_limit"] == 1
+        box.add("update", ID2, 1, T, b"u3")  # an update that does not fit is dropped
+        assert box.count() == 4
+        assert box.counters["updates_dropped"] == 1
+
+
+def test_byte_limit(tmp_path: Path) -> None:
+    with Outbox(tmp_path, Limits(max_rows=100, max_bytes=65_536)) as box:
+        box.add("update", ID1, 1, T, b"u" * 40_000)
+        box.add("request", ID1, 1, T, b"r" * 40_000)
+        assert [e.kind for e in box.pending()] == ["request"]
+
+
+def test_retention_purges_old_messages(tmp_path: Path) -> None:
+    clock = Clock()
+    with Outbox(tmp_path, Limits(retention_s=86400), clock=clock) as box:
+        box.add("request", ID1, 1, T, b"old")
+        box.save_incident(ID1, 1, clock.now, False)
+        clock.now += 3600
+        box.add("request", ID2, 1, T, b"new")
+        clock.now += 86400 - 1800
+        assert box.purge_expired() == 1
+        assert [e.incident_id for e in box.pending()] == [ID2]
+        assert box.open_incident() is None
+
+
+class FullDisk:
+    """A connection whose writes fail as on a full disk (fault injection)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.full = True
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if self.full and sql.lstrip().upper().startswith(("INSERT", "DELETE", "UPDATE")):
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def test_full_disk_keeps_the_call_in_memory_then_writes_it(tmp_path: Path) -> None:
+    box = Outbox(tmp_path).open()
+    try:
+        disk = FullDisk(box.db)
+        box._db = disk  # type: ignore[assignment]
+        entry = box.add("request", ID1, 1, T, b"call")
+        assert entry.id < 0
+        assert not box.healthy
+        assert [e.payload for e in box.pending()] == [b"call"]  # still sent
+        assert box.count() == 1
+        disk.full = False
+        box.add("update", ID1, 1, T, b"later")  # the next write flushes memory first
+        assert [(e.kind, e.id > 0) for e in box.pending()] == [
+            ("request", True),
+            ("update", True),
+        ]
+        assert box.healthy
+    finally:
+        box.close()
+
+
+def test_memory_entry_acknowledged_before_the_disk_recovers(tmp_path: Path) -> None:
+    with Outbox(tmp_path) as box:
+        disk = FullDisk(box.db)
+        box._db = disk  # type: ignore[assignment]
+        entry = box.add("request", ID1, 1, T, b"call")
+        box.remove(entry.id)
+        assert box.count() == 0
+
+
+def test_unwritable_state_directory_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(Exception, match="cannot create state directory"):
+        Outbox(blocker / "state").open()
