@@ -67,6 +67,8 @@ class MqttConfig:
     cert_file: Path | None
     key_file: Path | None
     allow_insecure: bool
+    reconnect_min_s: float
+    reconnect_max_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +273,8 @@ FIELDS: dict[str, tuple[Parser, Any]] = {
     "mqtt.cert_file": (_opt_path, None),
     "mqtt.key_file": (_opt_path, None),
     "mqtt.allow_insecure": (_bool, False),
+    "mqtt.reconnect_min_s": (_float(0.01, 60), 0.5),
+    "mqtt.reconnect_max_s": (_float(0.1, 600), 30.0),
     "vehicle.vin": (_vin, _REQUIRED),
     "vehicle.registration_plate": (_opt_str, None),
     "vehicle.registration_country": (_country, None),
@@ -434,6 +438,8 @@ def _build(path: Path, v: dict[str, Any]) -> Config:
             cert_file=v["mqtt.cert_file"],
             key_file=v["mqtt.key_file"],
             allow_insecure=v["mqtt.allow_insecure"],
+            reconnect_min_s=v["mqtt.reconnect_min_s"],
+            reconnect_max_s=max(v["mqtt.reconnect_max_s"], v["mqtt.reconnect_min_s"]),
         ),
         vehicle=VehicleProfile(
             vin=v["vehicle.vin"],
@@ -511,6 +517,8 @@ def effective(config: Config) -> dict[str, dict[str, Any]]:
             "cert_file": str(c.mqtt.cert_file) if c.mqtt.cert_file else None,
             "key_file": str(c.mqtt.key_file) if c.mqtt.key_file else None,
             "allow_insecure": c.mqtt.allow_insecure,
+            "reconnect_min_s": c.mqtt.reconnect_min_s,
+            "reconnect_max_s": c.mqtt.reconnect_max_s,
         },
         "vehicle": {
             "vin": c.vehicle.vin,

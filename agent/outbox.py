@@ -110,11 +110,17 @@ class Outbox:
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as exc:
+            rescued = self._salvage()
             self._move_aside(exc)
             try:
                 self._db = self._connect()
             except sqlite3.Error as again:
                 raise OutboxError(f"cannot create outbox {self.path}: {again}") from again
+            for entry in rescued:
+                self._insert(entry)
+            if rescued:
+                self._count("salvaged", len(rescued))
+                log.warning("outbox: %d message(s) rescued from the damaged file", len(rescued))
         except OSError as exc:
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
         self.purge_expired()
@@ -141,6 +147,23 @@ class Outbox:
             if side.exists():
                 os.chmod(side, 0o600)
         return db
+
+    def _salvage(self) -> list[Entry]:
+        """Read what can still be read from a damaged database, read-only."""
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return []
+        try:
+            rows = db.execute(
+                "SELECT id, kind, incident_id, sequence, topic, payload, created_at "
+                "FROM messages ORDER BY id"
+            ).fetchall()
+            return [Entry(*row) for row in rows]
+        except (sqlite3.Error, TypeError):
+            return []
+        finally:
+            db.close()
 
     def _move_aside(self, reason: Exception) -> None:
         n = 1

@@ -102,6 +102,7 @@ class Uplink:
         self._closing = False  # aclose() asked for the disconnect
         self._waiters: dict[int, asyncio.Future[None]] = {}  # status mid -> its PUBACK
         self.connects = 0
+        self.attempts = 0
         self.counters: dict[str, int] = {}
 
     @property
@@ -147,15 +148,17 @@ class Uplink:
     async def run(self) -> None:
         """Connect, serve, reconnect with backoff: forever, until cancelled."""
         self._loop = asyncio.get_running_loop()
-        delays = backoff_delays(0.5, 30.0, self._rng)
+        backoff = (self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rng)
+        delays = backoff_delays(*backoff)
         try:
             while True:
                 try:
                     await self._serve_once()
-                    delays = backoff_delays(0.5, 30.0, self._rng)  # it worked: start over
+                    delays = backoff_delays(*backoff)  # it worked: start over
                 except (OSError, UplinkError, TimeoutError, ssl.SSLError) as exc:
                     log.warning("MQTT %s:%d unavailable: %s", self.cfg.host, self.cfg.port, exc)
                 delay = next(delays)
+                self.attempts += 1
                 log.info("reconnecting to MQTT in %.1f s", delay)
                 await asyncio.sleep(delay)
         finally:

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -60,11 +61,15 @@ class SimulatedBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._connected = asyncio.Event()
+        # A persistent session, as a real backend has: what vehicles publish while it is
+        # reconnecting waits for it at the broker.
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311,
+            clean_session=None if protocol == "5" else False,
         )
+        self._client.reconnect_delay_set(min_delay=0.1, max_delay=1)  # type: ignore[arg-type]  # floats work
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
 
@@ -72,7 +77,14 @@ class SimulatedBackend:
 
     async def __aenter__(self) -> SimulatedBackend:
         self._loop = asyncio.get_running_loop()
-        await self._loop.run_in_executor(None, self._client.connect, self.host, self.port, 30)
+        kwargs: dict[str, Any] = {}
+        if self.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            kwargs = {"clean_start": False, "properties": props}
+        await self._loop.run_in_executor(
+            None, partial(self._client.connect, self.host, self.port, 30, **kwargs)
+        )
         self._client.loop_start()
         async with asyncio.timeout(10):
             await self._connected.wait()

@@ -175,3 +175,25 @@ def test_unwritable_state_directory_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(Exception, match="cannot create state directory"):
         Outbox(blocker / "state").open()
+
+
+def test_damaged_file_rescues_readable_messages(tmp_path: Path) -> None:
+    with Outbox(tmp_path) as box:
+        box.add("request", ID1, 1, T, b"the call")
+        box.add("cancel", ID1, 1, T, b"the cancel")
+        box.db.execute("CREATE INDEX damage_me ON messages (topic, payload)")
+        root = box.db.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name='damage_me'"
+        ).fetchone()[0]
+        page_size = box.db.execute("PRAGMA page_size").fetchone()[0]
+        box.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    path = tmp_path / FILENAME
+    data = bytearray(path.read_bytes())
+    offset = (root - 1) * page_size
+    data[offset : offset + 64] = b"\xde\xad" * 32  # the index page is garbage now
+    path.write_bytes(bytes(data))
+    with Outbox(tmp_path) as box:
+        assert box.counters["replaced_corrupt"] == 1
+        assert box.counters["salvaged"] == 2
+        assert [e.payload for e in box.pending()] == [b"the call", b"the cancel"]
+    assert (tmp_path / f"{FILENAME}.corrupt-1").exists()
