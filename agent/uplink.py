@@ -150,16 +150,26 @@ class Uplink:
         self._loop = asyncio.get_running_loop()
         backoff = (self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rng)
         delays = backoff_delays(*backoff)
+        failures = 0
         try:
             while True:
                 try:
                     await self._serve_once()
                     delays = backoff_delays(*backoff)  # it worked: start over
+                    failures = 0
                 except (OSError, UplinkError, TimeoutError, ssl.SSLError) as exc:
-                    log.warning("MQTT %s:%d unavailable: %s", self.cfg.host, self.cfg.port, exc)
+                    failures += 1
+                    if failures == 1 or failures % 20 == 0:  # once an outage, then now and then
+                        log.warning(
+                            "MQTT %s:%d unavailable (%d attempt(s)): %s",
+                            self.cfg.host,
+                            self.cfg.port,
+                            failures,
+                            exc,
+                        )
                 delay = next(delays)
                 self.attempts += 1
-                log.info("reconnecting to MQTT in %.1f s", delay)
+                log.debug("reconnecting to MQTT in %.1f s", delay)
                 await asyncio.sleep(delay)
         finally:
             self._teardown()

@@ -1,0 +1,47 @@
+"""A whole installation in a child process, for the crash tests: ``python fault_child.py
+DIR MQTT_PORT GPSD_PORT press|resume``.
+
+``press``: hold CONNECT 2.2 s, print ``STORED <incident_id>`` once the call is on disk, then
+keep running (the parent SIGKILLs it). ``resume``: just run the agent (the parent watches the
+backend, then sends SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hw_sim.car import SimulatedCar, open_sim_bus  # noqa: E402
+from hw_sim.scenario import config_text  # noqa: E402
+
+from agent import config  # noqa: E402
+from agent.app import Agent  # noqa: E402
+
+
+async def main(directory: Path, mqtt_port: int, gpsd_port: int, mode: str) -> None:
+    channel = f"fault-child-{directory.name}"
+    path = directory / "agent.toml"
+    path.write_text(config_text(directory / "state", mqtt_port, gpsd_port, channel=channel))
+    cfg = config.load(path, environ={}, overrides={"mqtt.reconnect_max_s": "0.5"})
+    agent = Agent(cfg)
+    stop = asyncio.Event()
+    agent.install_signal_handlers(stop)
+    bus = open_sim_bus("virtual", channel)
+    try:
+        async with asyncio.TaskGroup() as tg, SimulatedCar(bus) as car:
+            tg.create_task(agent.run(stop))
+            await agent.started.wait()
+            print("RUNNING", flush=True)
+            if mode == "press":
+                await car.hold(2200)  # the call is stored at the 2 s threshold, before release
+                print(f"STORED {agent.calls[0].incident_id}", flush=True)
+            await stop.wait()
+    finally:
+        bus.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]))
