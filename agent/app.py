@@ -104,6 +104,7 @@ class Agent:
         self._led_timer: asyncio.TimerHandle | None = None
         self._delivered = asyncio.Event()
         self._gps_changed = asyncio.Event()
+        self._changed = asyncio.Event()  # any state change: for wait_until()
         self._last_status: dict[str, Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.listeners: list[Callable[[str, Any], None]] = []
@@ -296,6 +297,7 @@ class Agent:
         if self.location.gps_state != before:
             log.info("GPS %s", self.location.gps_state)
             self._gps_changed.set()
+            self._changed.set()
             self._publish_status_if_changed()
 
     # -- uplink events (UplinkEvents) -------------------------------------------------------
@@ -336,6 +338,7 @@ class Agent:
 
     def _refresh(self) -> None:
         """Re-derive the LED (sending on change) and publish the status if it changed."""
+        self._changed.set()
         now = time.monotonic()
         self._set_led(self.incidents.led(now) if self._accepting else LedMode.OFF)
         if self._led_timer is not None:
@@ -398,6 +401,13 @@ class Agent:
     def _notify(self, what: str, value: Any) -> None:
         for listener in self.listeners:
             listener(what, value)
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Wait until ``predicate()`` holds, re-checking on every state change."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
 
     async def wait_gps_fix(self, timeout: float) -> bool:
         """Wait until gpsd reports a fix; False when none came within ``timeout``."""

@@ -169,6 +169,7 @@ class Uplink:
                         )
                 delay = next(delays)
                 self.attempts += 1
+                self.events.on_connection(False)
                 log.debug("reconnecting to MQTT in %.1f s", delay)
                 await asyncio.sleep(delay)
         finally:

@@ -14,11 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hw_sim.car import SimulatedCar, open_sim_bus  # noqa: E402
-from hw_sim.scenario import config_text  # noqa: E402
-
-from agent import config  # noqa: E402
-from agent.app import Agent  # noqa: E402
+from agent import config
+from agent.app import Agent
+from hw_sim.car import SimulatedCar, open_sim_bus
+from hw_sim.scenario import config_text
 
 
 async def main(directory: Path, mqtt_port: int, gpsd_port: int, mode: str) -> None:

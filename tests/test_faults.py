@@ -84,9 +84,8 @@ async def test_broker_unreachable_for_a_long_time(
         await sim.car.hold(2100)
         await sim.led.wait_for(LedMode.FAILED, timeout=5)
         attempts = sim.agent.uplink.attempts
-        async with asyncio.timeout(30):
-            while sim.agent.uplink.attempts < attempts + 12:  # keeps trying, never gives up
-                await asyncio.sleep(0.1)
+        # keeps trying, never gives up
+        await sim.agent.wait_until(lambda: sim.agent.uplink.attempts >= attempts + 12, 30)
         await mosquitto.start()
         await sim.backend.wait_for("request", 1, timeout=15)
         await sim.led.wait_for(LedMode.CONNECTED, timeout=15)
@@ -156,9 +155,7 @@ async def test_gpsd_killed_and_restarted(tmp_path: Path, mosquitto: Mosquitto) -
         async with Scenario(tmp_path, mosquitto.port, port) as sim:
             assert await sim.agent.wait_gps_fix(timeout=10)
             await gpsd.aclose()  # gpsd dies
-            async with asyncio.timeout(10):
-                while sim.agent.location.gps_state != "disconnected":
-                    await asyncio.sleep(0.05)
+            await sim.agent.wait_until(lambda: sim.agent.location.gps_state == "disconnected", 10)
             await sim.car.hold(2100)  # a call during the outage: last known position
             [first] = await sim.backend.wait_for("request", 1, timeout=10)
             async with FakeGpsd(port=port, interval=0.1):
@@ -179,11 +176,8 @@ async def test_bus_error_is_survived(
             raise can.CanOperationError("bus-off (injected)")
 
         bus.recv = fail  # type: ignore[method-assign]  # fault injection
-        async with asyncio.timeout(10):
-            while sim.agent.can.counters.get("bus_failures", 0) < 1:
-                await asyncio.sleep(0.05)
-            while sim.agent.can.state != "ok":
-                await asyncio.sleep(0.05)
+        await sim.agent.wait_until(lambda: sim.agent.can.counters.get("bus_failures", 0) >= 1, 10)
+        await sim.agent.wait_until(lambda: sim.agent.can.state == "ok", 10)
         await sim.car.hold(2100)
         [request] = await sim.backend.wait_for("request", 1, timeout=10)
         await sim.backend.wait_status(VIN, "can", "ok", timeout=10)
