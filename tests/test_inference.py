@@ -40,7 +40,9 @@ CASES: list[tuple[str, Signals, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("name", "signals", "category", "evidence"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("name", "signals", "category", "evidence"), CASES, ids=[c[0] for c in CASES]
+)
 def test_inference(name: str, signals: Signals, category: str, evidence: str) -> None:
     problem = infer(None, *signals)
     assert problem.category == category
@@ -63,8 +65,17 @@ def test_missing_tyre_values_do_not_mislead() -> None:
 
 @pytest.mark.parametrize(
     "category",
-    ["breakdown", "puncture", "flat_battery", "key_problem", "accident", "theft", "vandalism",
-     "fire", "other"],
+    [
+        "breakdown",
+        "puncture",
+        "flat_battery",
+        "key_problem",
+        "accident",
+        "theft",
+        "vandalism",
+        "fire",
+        "other",
+    ],
 )
 def test_driver_choice_wins(category: str) -> None:
     problem = infer(category, S, T, replace(X, airbag_deployed=True))
