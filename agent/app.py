@@ -24,6 +24,7 @@ from agent import __version__
 from agent.config import Config
 from agent.core.button import ButtonTracker, HealthChanged, Held
 from agent.core.clock import rfc3339_ms
+from agent.core.coverage import evaluate
 from agent.core.frames import (
     CONNECT_LED,
     RECEIVED_IDS,
@@ -32,7 +33,9 @@ from agent.core.frames import (
     LedMode,
     Matrix,
     Rejected,
+    SafetyStatus,
 )
+from agent.core.geo import GeoDataError, Place, default_geocoder
 from agent.core.incident import (
     Incident,
     IncidentController,
@@ -44,9 +47,12 @@ from agent.core.inference import infer
 from agent.core.location import Fix, LocationTracker
 from agent.core.request import (
     UNKNOWN_COVERAGE,
+    UPDATE_MIN_INTERVAL_S,
     Trigger,
     build_cancel,
     build_request,
+    build_update,
+    update_due,
     vehicle_json,
 )
 from agent.core.vehicle import VehicleState
@@ -62,6 +68,7 @@ LED_CYCLE_S = 0.5
 STATUS_CHECK_S = 5.0
 FLUSH_DEADLINE_S = 5.0
 PURGE_EVERY_S = 3600.0
+UPDATE_CHECK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +92,8 @@ class Agent:
             deliver_timeout_s=config.button.deliver_timeout_s,
         )
         self.vehicle = VehicleState()
+        self.geocoder = default_geocoder()
+        self.immobilised_since: datetime | None = None  # SAFETY_STATUS Immobilised, wall time
         self.location = LocationTracker()
         self.outbox = Outbox(config.state_dir, config.outbox_limits)
         self.vin = config.vehicle.vin
@@ -106,6 +115,11 @@ class Agent:
         self._gps_changed = asyncio.Event()
         self._changed = asyncio.Event()  # any state change: for wait_until()
         self._last_status: dict[str, Any] | None = None
+        # what the backend last got for the open incident: (location, vehicle_state), when
+        self._last_sent: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._last_sent_at = 0.0
+        self._update_seq: dict[str, int] = {}
+        self.update_interval_s = UPDATE_MIN_INTERVAL_S
         self._loop: asyncio.AbstractEventLoop | None = None
         self.listeners: list[Callable[[str, Any], None]] = []
 
@@ -117,6 +131,7 @@ class Agent:
         stop = stop or asyncio.Event()
         with self.outbox:
             self._restore()
+            self._warm_geocoder()
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self.can.run(), name="can")
@@ -124,6 +139,7 @@ class Agent:
                     tg.create_task(self.uplink.run(), name="uplink")
                     tg.create_task(self._led_cycle(), name="led")
                     tg.create_task(self._status_watch(), name="status")
+                    tg.create_task(self._updates(), name="updates")
                     tg.create_task(self._stop_when(stop), name="shutdown")
                     self.started.set()
                     log.info(
@@ -138,6 +154,14 @@ class Agent:
                 for timer in (self._button_timer, self._led_timer):
                     if timer is not None:
                         timer.cancel()
+
+    def _warm_geocoder(self) -> None:
+        """Map the geodata now (a few ms, a few MB) rather than during the first call."""
+        try:
+            self.geocoder.load()
+        except GeoDataError as exc:
+            self._count("geo_errors")
+            log.error("offline geocoding unavailable: %s", exc)
 
     def install_signal_handlers(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -198,6 +222,11 @@ class Agent:
         elif isinstance(frame, CategoryFrame):
             self.vehicle.category = frame.category
         else:
+            if isinstance(frame, SafetyStatus):
+                if frame.immobilised and self.immobilised_since is None:
+                    self.immobilised_since = self._now_utc()
+                elif not frame.immobilised:
+                    self.immobilised_since = None
             self.vehicle.update(frame, now)
 
     def _on_can_state(self, state: str) -> None:
@@ -237,6 +266,8 @@ class Agent:
         for action in self.incidents.on_hold(held.at, now_utc, held.held_ms, source):
             if isinstance(action, SendRequest):
                 payload = self._request_payload(action)
+                self._last_sent = (payload["location"], payload["vehicle_state"])
+                self._last_sent_at = time.monotonic()
                 self._store("request", action.incident_id, action.sequence, payload)
                 self.outbox.save_incident(
                     action.incident_id,
@@ -267,6 +298,7 @@ class Agent:
         status, tyres, safety = self.vehicle.current(now)
         problem = infer(self.vehicle.category, status, tyres, safety)
         location = self.location.snapshot(now, action.created_at)
+        place = self._locate(location)
         return build_request(
             incident_id=action.incident_id,
             sequence=action.sequence,
@@ -277,7 +309,7 @@ class Agent:
             location=location,
             problem=problem,
             vehicle_state=self.vehicle.snapshot(now),
-            coverage=dict(UNKNOWN_COVERAGE),
+            coverage=self._coverage(location, place, problem.category, action.created_at),
         )
 
     # -- gpsd events (FixSink): the tracker keeps the positions, we watch its state ---------
@@ -299,6 +331,71 @@ class Agent:
             self._gps_changed.set()
             self._changed.set()
             self._publish_status_if_changed()
+
+    # -- updates while an incident is open (SPEC §5) ----------------------------------------
+
+    async def _updates(self) -> None:
+        while True:
+            await asyncio.sleep(UPDATE_CHECK_S)
+            if self._accepting:
+                self._maybe_update()
+
+    def _maybe_update(self) -> None:
+        incident = self.incidents.incident
+        if incident is None:
+            return
+        now = time.monotonic()
+        location = self.location.snapshot(now, self._now_utc())
+        state = self.vehicle.snapshot(now)
+        self._locate(location)
+        since = now - self._last_sent_at
+        if not update_due(self._last_sent, location, state, since, self.update_interval_s):
+            return
+        sequence = self._update_seq.get(incident.incident_id, 0) + 1
+        self._update_seq = {incident.incident_id: sequence}
+        payload = build_update(incident.incident_id, sequence, self._now_utc(), location, state)
+        self._store("update", incident.incident_id, sequence, payload)
+        self._last_sent = (location, state)
+        self._last_sent_at = now
+        self.uplink.kick()
+
+    def _locate(self, location: dict[str, Any]) -> Place | None:
+        """Fill country and locality (offline geocoding) into a location snapshot."""
+        lat, lon = location.get("lat"), location.get("lon")
+        if lat is None or lon is None:
+            return None
+        try:
+            place = self.geocoder.lookup(lat, lon)
+        except GeoDataError as exc:
+            self._count("geo_errors")
+            log.error("offline geocoding unavailable: %s", exc)
+            return None
+        location["country"] = place.country
+        location["locality"] = place.locality
+        return place
+
+    def _coverage(
+        self, location: dict[str, Any], place: Place | None, category: str, now_utc: datetime
+    ) -> dict[str, Any]:
+        profile = self.config.coverage
+        if profile is None:
+            return dict(UNKNOWN_COVERAGE)
+        incident = self.incidents.incident
+        started = [t for t in (self.immobilised_since, incident and incident.opened_utc) if t]
+        vehicle = self.config.vehicle
+        result = evaluate(
+            profile,
+            place=place,
+            lat=location.get("lat"),
+            lon=location.get("lon"),
+            first_registration=vehicle.first_registration,
+            registration_country=vehicle.registration_country,
+            extension_until=vehicle.coverage_extension_until,
+            category=category,
+            immobilised_at=min(started) if started else None,
+            now=now_utc,
+        )
+        return result.to_json()
 
     # -- uplink events (UplinkEvents) -------------------------------------------------------
 

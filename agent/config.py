@@ -17,6 +17,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from agent.core.coverage import CoverageProfile, load_profile
 from agent.core.request import Address, Contact, VehicleProfile
 from agent.core.vin import vin_problem
 from agent.errors import ConfigError
@@ -84,6 +85,7 @@ class Config:
     state_dir: Path
     outbox_limits: Limits
     coverage_profile: Path | None
+    coverage: CoverageProfile | None
     log_level: str
 
 
@@ -413,8 +415,12 @@ def _build(path: Path, v: dict[str, Any]) -> Config:
     if v["button.source"] == "serial" and v["serial.port"] is None:
         raise ConfigError(f"{path}: key 'serial.port' is required when button.source = 'serial'")
     coverage = v["coverage.profile"]
-    if coverage is not None and not coverage.is_file():
-        raise ConfigError(f"{path}: key 'coverage.profile': cannot read {coverage}")
+    profile = None
+    if coverage is not None:
+        try:
+            profile = load_profile(coverage)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: key 'coverage.profile': {exc}") from exc
     return Config(
         source=path,
         can=CanConfig(v["can.interface"], v["can.channel"], v["can.bitrate"], dbc),
@@ -466,6 +472,7 @@ def _build(path: Path, v: dict[str, Any]) -> Config:
             v["state.max_rows"], v["state.max_bytes"], v["state.retention_days"] * 86400
         ),
         coverage_profile=coverage,
+        coverage=profile,
         log_level=v["log.level"],
     )
 

@@ -21,6 +21,7 @@ from hw_sim.backend import SimulatedBackend
 from hw_sim.car import LedObserver, SimulatedCar, dbc_path, open_sim_bus
 
 VIN = "YSMFD3KA5PL012345"
+COVERAGE_PROFILE = dbc_path().parent / "coverage" / "polestar.toml"
 CONTACT = {
     "name": "Anna Muster",
     "phone": "+41 79 123 45 67",
@@ -88,6 +89,9 @@ country = "{c["country"]}"
 
 [state]
 directory = "{state_dir}"
+
+[coverage]
+profile = "{COVERAGE_PROFILE}"
 """
 
 

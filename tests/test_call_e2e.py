@@ -16,7 +16,7 @@ import pytest
 
 from agent.core.frames import LedMode
 from agent.schemas import errors as schema_errors
-from hw_sim.gpsd import load_route
+from hw_sim.gpsd import FakeGpsd, load_route
 from hw_sim.mosquitto import Mosquitto
 from hw_sim.scenario import CONTACT, VEHICLE, VIN, Scenario
 
@@ -82,6 +82,10 @@ async def test_short_press_sends_nothing_and_a_hold_sends_exactly_one_request(
     assert location["trusted"] is True
     assert near_route(location["lat"], location["lon"]), (location["lat"], location["lon"])
     assert location["fix_age_s"] is not None and location["fix_age_s"] < 5
+    assert location["country"] == "CH"
+    assert location["locality"]
+    assert request["coverage"]["status"] == "covered"
+    assert request["coverage"]["valid_until"] == "2029-03-14"  # 5 years: registered in CH
     # 5.: what is wrong, from the car's signals
     assert request["problem"]["category"] == "breakdown"
     assert request["problem"]["description"]
@@ -207,3 +211,29 @@ def read_retained(port: int, topic: str) -> dict[str, object]:
             break
     client.disconnect()
     return result
+
+
+async def test_updates_follow_the_open_incident_and_stop_after_close(
+    tmp_path: Path, mosquitto: Mosquitto, fake_gpsd: FakeGpsd
+) -> None:
+    async with Scenario(tmp_path, mosquitto.port, fake_gpsd.port) as sim:
+        sim.agent.update_interval_s = 0.3  # SPEC: at most every 10 s; compressed for the test
+        await sim.car.hold(2100)
+        [request] = await sim.backend.wait_for("request", 1, timeout=10)
+        incident_id = request.payload["incident_id"]
+        sim.car.set_status(battery_12v_v=11.2)  # a change the operator should see
+        updates = await sim.backend.wait_for("update", 1, timeout=10)
+        assert updates[0].payload["incident_id"] == incident_id
+        assert schema_errors("update", updates[0].payload) == []
+        await sim.agent.wait_until(lambda: sim.agent.outbox.count() == 0, 10)
+        sim.backend.ack(VIN, incident_id, "closed")
+        await sim.led.wait_for(LedMode.READY, timeout=10)
+        count = len(sim.backend.of_kind("update"))
+        sim.car.set_status(battery_12v_v=10.5)
+        with pytest.raises(TimeoutError):  # no position or state leaves after the close
+            await sim.backend.wait_for("update", count + 1, timeout=NOTHING_WINDOW_S)
+    sequences = [u.payload["sequence"] for u in sim.backend.of_kind("update")]
+    assert sequences == list(range(1, len(sequences) + 1))
+    assert any(
+        u.payload["vehicle_state"]["battery_12v_v"] == 11.2 for u in sim.backend.of_kind("update")
+    )

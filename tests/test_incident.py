@@ -9,6 +9,7 @@ import pytest
 
 from agent.core.frames import LedMode
 from agent.core.incident import Ack, IncidentController, SendCancel, SendRequest, parse_ack
+from agent.core.request import update_due
 
 T0 = datetime(2026, 11, 24, 22, 0, tzinfo=UTC)
 IDS = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(1, 10)]
@@ -118,3 +119,28 @@ def test_ack_for_other_incident_is_refused(ctl: IncidentController) -> None:
 )
 def test_parse_ack(payload: bytes, result: object) -> None:
     assert parse_ack(payload) == result
+
+
+# -- update_due (SPEC §5: updates on change, at most every 10 s) -------------------------------
+
+LOC = {"lat": 46.95, "lon": 7.44, "fix": "3d", "trusted": True, "fix_age_s": 0.0}
+STATE = {"battery_12v_v": 12.6, "dtcs": None}
+
+
+@pytest.mark.parametrize(
+    ("location", "state", "since", "due"),
+    [
+        (LOC, STATE, 30.0, False),  # nothing changed
+        ({**LOC, "fix_age_s": 9.0}, STATE, 30.0, False),  # only the fix aged
+        ({**LOC, "lat": 46.9501}, STATE, 30.0, False),  # 11 m: not a move
+        ({**LOC, "lat": 46.9510}, STATE, 30.0, True),  # 111 m
+        ({**LOC, "lat": 46.9510}, STATE, 9.9, False),  # ... but not within 10 s
+        ({**LOC, "fix": "last_known", "trusted": False}, STATE, 30.0, True),
+        (LOC, {**STATE, "dtcs": ["P0A0F-2F"]}, 30.0, True),  # late DTCs
+        ({**LOC, "lat": None, "lon": None}, STATE, 30.0, True),
+    ],
+)
+def test_update_due(
+    location: dict[str, object], state: dict[str, object], since: float, due: bool
+) -> None:
+    assert update_due((LOC, STATE), location, state, since) is due

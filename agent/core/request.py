@@ -8,6 +8,7 @@ from typing import Any
 
 from agent.core.clock import iso_date, rfc3339_ms
 from agent.core.inference import Problem
+from agent.core.location import distance_m
 
 SCHEMA = "assistance-request/1"
 
@@ -137,3 +138,39 @@ UNKNOWN_COVERAGE: dict[str, Any] = {
     "country_covered": None,
     "reported_within_24h": None,
 }
+
+
+UPDATE_MIN_INTERVAL_S = 10.0
+UPDATE_MOVE_M = 25.0
+
+
+def update_due(
+    last: tuple[dict[str, Any], dict[str, Any]] | None,
+    location: dict[str, Any],
+    vehicle_state: dict[str, Any],
+    since_last_s: float,
+    min_interval_s: float = UPDATE_MIN_INTERVAL_S,
+) -> bool:
+    """Whether an open incident needs an ``update`` (SPEC §5: on change, at most every 10 s).
+
+    ``last`` is the (location, vehicle_state) the backend last got, in the request or an
+    update. A change is: the car moved more than 25 m, the fix kind or its trust changed, or
+    any vehicle_state value changed. The age of the fix alone is not a change.
+    """
+    if since_last_s < min_interval_s:
+        return False
+    if last is None:
+        return True
+    old_location, old_state = last
+    if old_state != vehicle_state:
+        return True
+    if (old_location.get("fix"), old_location.get("trusted")) != (
+        location.get("fix"),
+        location.get("trusted"),
+    ):
+        return True
+    lat1, lon1 = old_location.get("lat"), old_location.get("lon")
+    lat2, lon2 = location.get("lat"), location.get("lon")
+    if lat1 is None or lon1 is None or lat2 is None or lon2 is None:
+        return (lat1, lon1) != (lat2, lon2)
+    return distance_m(lat1, lon1, lat2, lon2) > UPDATE_MOVE_M
