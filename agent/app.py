@@ -120,6 +120,8 @@ class Agent:
         self._last_sent_at = 0.0
         self._update_seq: dict[str, int] = {}
         self.update_interval_s = UPDATE_MIN_INTERVAL_S
+        self._last_request: dict[str, Any] | None = None  # in memory only, for repeats
+        self._delivered_at = 0.0  # monotonic: the last request's PUBACK
         self._loop: asyncio.AbstractEventLoop | None = None
         self.listeners: list[Callable[[str, Any], None]] = []
 
@@ -266,6 +268,7 @@ class Agent:
         for action in self.incidents.on_hold(held.at, now_utc, held.held_ms, source):
             if isinstance(action, SendRequest):
                 payload = self._request_payload(action)
+                self._last_request = payload
                 self._last_sent = (payload["location"], payload["vehicle_state"])
                 self._last_sent_at = time.monotonic()
                 self._store("request", action.incident_id, action.sequence, payload)
@@ -338,7 +341,36 @@ class Agent:
         while True:
             await asyncio.sleep(UPDATE_CHECK_S)
             if self._accepting:
+                self._maybe_repeat()
                 self._maybe_update()
+
+    def _maybe_repeat(self) -> None:
+        """The broker has the request but the backend never answered: publish it again.
+
+        An ack can be lost in a broker that dies before delivering it; the same request
+        (same id, sequence and created_at: a QoS-style duplicate) makes the backend answer
+        again. Every ``ack_timeout_s`` until it does.
+        """
+        incident, request = self.incidents.incident, self._last_request
+        if incident is None or request is None or incident.acked or incident.undelivered:
+            return
+        if request["incident_id"] != incident.incident_id or request["sequence"] != (
+            incident.sequence
+        ):
+            return
+        now = time.monotonic()
+        if now - self._delivered_at < self.config.mqtt.ack_timeout_s:
+            return
+        self._count("request_repeats")
+        log.warning(
+            "no answer from the backend for %s/%d after %.0f s: publishing it again",
+            incident.incident_id,
+            incident.sequence,
+            now - self._delivered_at,
+        )
+        self._delivered_at = now
+        self._store("request", incident.incident_id, incident.sequence, request)
+        self.uplink.kick()
 
     def _maybe_update(self) -> None:
         incident = self.incidents.incident
@@ -403,6 +435,7 @@ class Agent:
         self.deliveries[(entry.kind, entry.incident_id, entry.sequence)] = time.monotonic()
         if entry.kind == "request":
             self.incidents.on_delivered(entry.incident_id, entry.sequence)
+            self._delivered_at = time.monotonic()
         log.info("%s %s/%d delivered", entry.kind, entry.incident_id, entry.sequence)
         self._delivered.set()
         self._refresh()

@@ -70,6 +70,7 @@ class MqttConfig:
     allow_insecure: bool
     reconnect_min_s: float
     reconnect_max_s: float
+    ack_timeout_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +278,7 @@ FIELDS: dict[str, tuple[Parser, Any]] = {
     "mqtt.allow_insecure": (_bool, False),
     "mqtt.reconnect_min_s": (_float(0.01, 60), 0.5),
     "mqtt.reconnect_max_s": (_float(0.1, 600), 30.0),
+    "mqtt.ack_timeout_s": (_float(1, 3600), 30.0),
     "vehicle.vin": (_vin, _REQUIRED),
     "vehicle.registration_plate": (_opt_str, None),
     "vehicle.registration_country": (_country, None),
@@ -446,6 +448,7 @@ def _build(path: Path, v: dict[str, Any]) -> Config:
             allow_insecure=v["mqtt.allow_insecure"],
             reconnect_min_s=v["mqtt.reconnect_min_s"],
             reconnect_max_s=max(v["mqtt.reconnect_max_s"], v["mqtt.reconnect_min_s"]),
+            ack_timeout_s=v["mqtt.ack_timeout_s"],
         ),
         vehicle=VehicleProfile(
             vin=v["vehicle.vin"],
@@ -526,6 +529,7 @@ def effective(config: Config) -> dict[str, dict[str, Any]]:
             "allow_insecure": c.mqtt.allow_insecure,
             "reconnect_min_s": c.mqtt.reconnect_min_s,
             "reconnect_max_s": c.mqtt.reconnect_max_s,
+            "ack_timeout_s": c.mqtt.ack_timeout_s,
         },
         "vehicle": {
             "vin": c.vehicle.vin,

@@ -56,6 +56,7 @@ class SimulatedBackend:
         self.received: list[Received] = []
         self.requests: dict[tuple[str, int], Received] = {}
         self.duplicates = 0
+        self.answers: dict[str, str] = {}  # incident id -> the last ack status sent
         self.invalid: list[tuple[str, list[str]]] = []
         self.status: dict[str, dict[str, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -154,7 +155,12 @@ class SimulatedBackend:
         elif kind == "request" and not problems:
             key = (payload["incident_id"], payload["sequence"])
             if key in self.requests:
+                # Stored once; but answered again, as a real backend must: the first answer
+                # may have been lost (a broker that died before delivering it).
                 self.duplicates += 1
+                last = self.answers.get(payload["incident_id"])
+                if last is not None:
+                    self.ack(vin, payload["incident_id"], last)
             else:
                 self.requests[key] = item
                 if self.auto_ack:
@@ -172,6 +178,7 @@ class SimulatedBackend:
         message: str | None = None,
         eta_minutes: int | None = None,
     ) -> None:
+        self.answers[incident_id] = status
         body: dict[str, Any] = {"incident_id": incident_id, "status": status}
         if message is not None:
             body["message"] = message

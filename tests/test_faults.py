@@ -62,7 +62,10 @@ async def test_broker_down_at_press_time(
 async def test_broker_restarted_in_the_middle_of_a_publish(
     tmp_path: Path, mosquitto: Mosquitto, fake_gpsd: FakeGpsd
 ) -> None:
-    async with Scenario(tmp_path, mosquitto.port, fake_gpsd.port, overrides=FAST) as sim:
+    """Killed (no chance to save its queue): the backend's ack may be lost with it; the agent
+    then repeats the request after ``ack_timeout_s`` and the backend answers again."""
+    overrides = {**FAST, "mqtt.ack_timeout_s": "1"}
+    async with Scenario(tmp_path, mosquitto.port, fake_gpsd.port, overrides=overrides) as sim:
         hold = asyncio.create_task(sim.car.hold(2100))
         await sim.led.wait_for(LedMode.CALLING, timeout=5)
         await mosquitto.kill()  # the publish is in flight or just sent
@@ -214,3 +217,25 @@ async def test_outbox_corrupted_between_runs(
         assert sim.agent.outbox.counters["replaced_corrupt"] == 1
     assert second.payload["sequence"] == 1
     assert (tmp_path / "state" / "outbox.sqlite3.corrupt-1").exists()
+
+
+async def test_lost_ack_is_recovered_by_repeating_the_request(
+    tmp_path: Path, mosquitto: Mosquitto, fake_gpsd: FakeGpsd
+) -> None:
+    """The backend's first answer never reaches the car: the request goes out again, the
+    same (incident_id, sequence), and the backend's repeated answer lights the LED."""
+    overrides = {"mqtt.ack_timeout_s": "1"}
+    async with Scenario(
+        tmp_path, mosquitto.port, fake_gpsd.port, overrides=overrides, auto_ack=None
+    ) as sim:
+        await sim.car.hold(2100)
+        [first] = await sim.backend.wait_for("request", 1, timeout=10)
+        incident_id = first.payload["incident_id"]
+        sim.backend.answers[incident_id] = "received"  # as if its ack had been lost
+        await sim.backend.wait_for("request", 2, timeout=10)  # the agent asks again
+        await sim.led.wait_for(LedMode.CONNECTED, timeout=10)
+        assert sim.agent.counters["request_repeats"] >= 1
+    assert sim.backend.duplicates >= 1
+    assert_delivered_once(sim.backend, {(incident_id, 1)})
+    repeat = sim.backend.of_kind("request")[1].payload
+    assert repeat == first.payload  # same id, sequence and created_at: late, and says so
