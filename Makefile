@@ -27,5 +27,11 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+# The integration suite on real SocketCAN: vcan0 inside a User-Mode Linux kernel (or the
+# host's own vcan0/can0, see hil/README.md). HIL_SUITE=1 makes tests/hil collect; a kernel
+# that does not boot is a failure (exit 125), never a skip. Extra pytest arguments: HIL_ARGS.
+hil: $(STAMP)
+	HIL_SUITE=1 hil/run-in-uml.sh $(BIN)/pytest -p no:cacheprovider tests/hil $(HIL_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
