@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
     demo.add_argument("--verbose", "-v", action="store_true", help="show the agent's log")
+    demo.add_argument(
+        "--web", action="store_true", help="drive the car and answer as the operator in a browser"
+    )
+    demo.add_argument("--web-port", type=int, default=8080)
     return parser
 
 
@@ -75,6 +79,18 @@ def main(argv: list[str] | None = None) -> int:
             cfg = _load(args)
             setup_logging(cfg.log_level)
             return asyncio.run(_run(cfg))
+        if args.command == "demo" and args.web:
+            from hw_sim.console import run_web_demo  # noqa: PLC0415
+
+            asyncio.run(
+                run_web_demo(
+                    args.web_port,
+                    embedded_broker=args.embedded_broker,
+                    protocol=args.protocol,
+                    verbose=args.verbose,
+                )
+            )
+            return 0
         if args.command == "demo":
             from agent.demo import run_demo  # noqa: PLC0415
 

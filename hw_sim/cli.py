@@ -71,6 +71,21 @@ def _parser() -> argparse.ArgumentParser:
         choices=("received", "assigned", "none"),
         help="the automatic answer to each request",
     )
+    console = sub.add_parser(
+        "console", help="the simulated car and the operator's console in a browser"
+    )
+    console.add_argument("--host", default="127.0.0.1", help="address of the page (loopback)")
+    console.add_argument("--port", type=int, default=8080)
+    console.add_argument("--broker-host", default="127.0.0.1")
+    console.add_argument("--broker-port", type=int, default=1883)
+    console.add_argument("--root", default="assistance/v1")
+    console.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
+    console.add_argument("--interface", default="socketcan", help="python-can interface")
+    console.add_argument("--channel", help="CAN channel of the car panel (none: operator only)")
+    console.add_argument(
+        "--gpsd-port", type=int, help="also serve a fake gpsd, steered from the page"
+    )
+    console.add_argument("--hold-ms", type=int, default=2000)
     broker = sub.add_parser("broker", help="the embedded MQTT broker (3.1.1 and 5)")
     broker.add_argument("--host", default="127.0.0.1")
     broker.add_argument("--port", type=int, default=1883)
@@ -247,3 +262,20 @@ async def _broker(args: argparse.Namespace) -> None:
         _out(f"embedded MQTT broker on {args.host}:{broker.port}")
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.Event().wait()
+
+
+async def _console(args: argparse.Namespace) -> None:
+    from hw_sim.console import run_console  # noqa: PLC0415 - aiohttp only when asked for
+
+    await run_console(
+        args.host,
+        args.port,
+        args.broker_host,
+        args.broker_port,
+        root=args.root,
+        protocol=args.protocol,
+        interface=args.interface,
+        channel=args.channel,
+        gpsd_port=args.gpsd_port,
+        hold_ms=args.hold_ms,
+    )
