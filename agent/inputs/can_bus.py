@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import can
@@ -26,6 +29,9 @@ from agent.errors import BusError
 log = logging.getLogger("agent.can")
 
 MessageHandler = Callable[[can.Message], None]
+
+IFF_UP = 0x1
+HEALTHY_S = 5.0  # a bus that stayed up this long resets the reopen backoff
 
 
 def open_bus(
@@ -129,6 +135,7 @@ class CanInput:
         self._bus: can.BusABC | None = None
         self.state = "unknown"
         self.counters: dict[str, int] = {}
+        self._in_outage = False
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -160,29 +167,62 @@ class CanInput:
             return
         self._on_message(message)
 
+    def _link_problem(self) -> str | None:
+        """Why a SocketCAN interface cannot carry frames now (down or missing), or None.
+
+        Opening a socket on an interface that is down succeeds, so "open" is not "ok".
+        """
+        if self.cfg.interface != "socketcan":
+            return None
+        try:
+            flags = int(Path(f"/sys/class/net/{self.cfg.channel}/flags").read_text(), 16)
+        except (OSError, ValueError):
+            return f"no interface {self.cfg.channel}"
+        return None if flags & IFF_UP else f"{self.cfg.channel} is down"
+
+    def _outage(self, state: str, reason: object) -> None:
+        self._set_state(state)
+        if not self._in_outage:
+            self._in_outage = True
+            log.warning(
+                "CAN %s:%s unusable: %s; retrying", self.cfg.interface, self.cfg.channel, reason
+            )
+
     async def run(self) -> None:
         """Open the bus and read it; on failure close, back off, reopen: until cancelled."""
         delays = backoff_delays(0.2, 5.0, self._rng)
         while True:
-            try:
-                bus = open_bus(self.cfg.interface, self.cfg.channel, self.cfg.bitrate, self.filters)
-            except BusError as exc:
-                self._set_state("down")
-                log.warning("%s", exc)
+            problem = self._link_problem()
+            if problem is not None:
+                self._outage("down", problem)
             else:
-                self._bus = bus
-                reader = BusReader(bus, self._receive)
-                self._set_state("ok")
-                log.info("CAN %s:%s open", self.cfg.interface, self.cfg.channel)
                 try:
-                    exc2 = await reader.failed
+                    bus = open_bus(
+                        self.cfg.interface, self.cfg.channel, self.cfg.bitrate, self.filters
+                    )
+                except BusError as exc:
+                    self._outage("down", exc)
+                else:
+                    self._bus = bus
+                    reader = BusReader(bus, self._receive)
+                    opened = time.monotonic()
+                    self._set_state("ok")
+                    if self._in_outage:
+                        self._in_outage = False
+                        log.info("CAN %s:%s open again", self.cfg.interface, self.cfg.channel)
+                    else:
+                        log.info("CAN %s:%s open", self.cfg.interface, self.cfg.channel)
+                    try:
+                        failure = await reader.failed
+                    finally:
+                        reader.stop()
+                        self._bus = None
+                        with contextlib.suppress(can.CanError, OSError):
+                            bus.shutdown()
                     self._count("bus_failures")
-                    self._set_state("error")
-                    log.warning("CAN %s failed: %s; reopening", self.cfg.channel, exc2)
-                    delays = backoff_delays(0.2, 5.0, self._rng)
-                finally:
-                    reader.stop()
-                    self._bus = None
-                    with contextlib.suppress(can.CanError, OSError):
-                        bus.shutdown()
+                    if time.monotonic() - opened >= HEALTHY_S:
+                        delays = backoff_delays(0.2, 5.0, self._rng)  # it was up: start over
+                    code = getattr(failure, "errno", None) or getattr(failure, "error_code", None)
+                    down = code in (errno.ENETDOWN, errno.ENODEV) or self._link_problem()
+                    self._outage("down" if down else "error", failure)
             await asyncio.sleep(next(delays))

@@ -304,13 +304,6 @@ OUTAGE_S = 2.0  # how long the link stays down
 
 @pytest.mark.hil_socketcan
 @pytest.mark.hil_link_control
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="product bug: CanInput.run reports 'ok' on every reopen while the link is down "
-    "(SocketCAN binds to a down interface, then recv fails with ENETDOWN at once) and resets "
-    "its backoff after each such failure, so the status flaps ok/error every <=0.2 s",
-)
 async def test_while_the_link_is_down_the_status_never_says_the_bus_is_ok(stack: Stack) -> None:
     channel = stack.settings.channel
     ip = program("ip")
