@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +29,7 @@ from agent.core.frames import (
     CONNECT_LED,
     RECEIVED_IDS,
     ButtonFrame,
+    ButtonState,
     CategoryFrame,
     LedMode,
     Matrix,
@@ -59,6 +60,9 @@ from agent.core.vehicle import VehicleState
 from agent.errors import Shutdown
 from agent.inputs.can_bus import CanInput
 from agent.inputs.gpsd import GpsdSource
+from agent.inputs.serial_button import SerialButtonInput
+from agent.inputs.uds import RESPONSE_ID as UDS_RESPONSE_ID
+from agent.inputs.uds import UdsClient, UdsError
 from agent.outbox import Entry, Outbox
 from agent.uplink import Uplink
 
@@ -69,6 +73,7 @@ STATUS_CHECK_S = 5.0
 FLUSH_DEADLINE_S = 5.0
 PURGE_EVERY_S = 3600.0
 UPDATE_CHECK_S = 1.0
+DTC_TIMEOUT_S = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +104,22 @@ class Agent:
         self.vin = config.vehicle.vin
         self.vin_source = "config"
         self.uplink = Uplink(config.mqtt, self.vin, self.outbox, self, self._status)
-        self.can = CanInput(config.can, list(RECEIVED_IDS), self._on_can, self._on_can_state)
+        self.source = config.button.source
+        self.can = CanInput(
+            config.can, [*RECEIVED_IDS, UDS_RESPONSE_ID], self._on_can, self._on_can_state
+        )
+        self.uds = UdsClient(self.can.send)
+        self.serial: SerialButtonInput | None = None
+        if self.source == "serial":
+            assert config.serial.port is not None  # the config loader requires it
+            self.serial = SerialButtonInput(
+                config.serial.port,
+                config.serial.baudrate,
+                on_button=self._on_serial_button,
+                on_category=self._on_category,
+                on_state=lambda state: self._refresh(),
+            )
+        self._dtc_task: asyncio.Task[None] | None = None
         self.gps = GpsdSource(config.gpsd.host, config.gpsd.port, self)
         self.counters: dict[str, int] = {}
         self.led_mode = LedMode.OFF
@@ -142,6 +162,9 @@ class Agent:
                     tg.create_task(self._led_cycle(), name="led")
                     tg.create_task(self._status_watch(), name="status")
                     tg.create_task(self._updates(), name="updates")
+                    tg.create_task(self._read_vin(), name="uds-vin")
+                    if self.serial is not None:
+                        tg.create_task(self.serial.run(), name="serial-button")
                     tg.create_task(self._stop_when(stop), name="shutdown")
                     self.started.set()
                     log.info(
@@ -211,6 +234,9 @@ class Agent:
         self.counters[name] = self.counters.get(name, 0) + 1
 
     def _on_can(self, message: can.Message) -> None:
+        if message.arbitration_id == UDS_RESPONSE_ID:
+            self.uds.feed(message)
+            return
         now = time.monotonic()
         frame = self.matrix.decode(message.arbitration_id, message.data)
         if isinstance(frame, Rejected):
@@ -219,27 +245,71 @@ class Agent:
                 log.warning("ignored CAN frame 0x%03X: %s", frame.frame_id, frame.reason)
             return
         if isinstance(frame, ButtonFrame):
-            if self._accepting:
+            if self._accepting and self.source == "can":
                 self._button_events(self.button.sample(frame.state, now))
         elif isinstance(frame, CategoryFrame):
-            self.vehicle.category = frame.category
+            self._on_category(frame.category)
         else:
             if isinstance(frame, SafetyStatus):
                 if frame.immobilised and self.immobilised_since is None:
                     self.immobilised_since = self._now_utc()
                 elif not frame.immobilised:
                     self.immobilised_since = None
+                previous = self.vehicle.safety
+                if previous is None or previous.active_dtc_count != frame.active_dtc_count:
+                    self._read_dtcs()  # the gateway's fault memory changed
             self.vehicle.update(frame, now)
+
+    def _on_category(self, category: str | None) -> None:
+        self.vehicle.category = category
+
+    def _on_serial_button(self, state: ButtonState, now: float) -> None:
+        if self._accepting:
+            self._button_events(self.button.sample(state, now))
+
+    # -- UDS: VIN at start-up, DTCs when they change and at every call ----------------------
+
+    async def _read_vin(self) -> None:
+        vin = await self.uds.read_vin_with_retry(timeout=1.0)
+        if vin != self.config.vehicle.vin:
+            self._count("vin_mismatch")
+            log.warning(
+                "the gateway's VIN %s differs from the configured %s", vin, self.config.vehicle.vin
+            )
+        else:
+            log.info("VIN confirmed by the gateway")
+        self.vin, self.vin_source = vin, "uds"
+        self._read_dtcs()
+        self._refresh()
+
+    def _read_dtcs(self) -> None:
+        """Start a DTC read unless one runs; it never delays a request (SPEC §4: at once)."""
+        if self._dtc_task is not None and not self._dtc_task.done():
+            return
+        if self._loop is None:
+            return
+        self._dtc_task = self._loop.create_task(self._dtcs(), name="uds-dtcs")
+
+    async def _dtcs(self) -> None:
+        try:
+            dtcs = await self.uds.read_dtcs(timeout=DTC_TIMEOUT_S)
+        except UdsError as exc:
+            self._count("dtc_read_failures")
+            log.debug("DTC read failed: %s", exc)
+            return
+        if dtcs != self.vehicle.dtcs:
+            self.vehicle.dtcs = dtcs
+            log.info("%d DTC(s) stored in the gateway", len(dtcs))
 
     def _on_can_state(self, state: str) -> None:
         if state != "ok":
             self.matrix.reset_counters()
         self._refresh()
 
-    def _button_events(self, events: list[HealthChanged | Held], source: str = "can") -> None:
+    def _button_events(self, events: list[HealthChanged | Held]) -> None:
         for event in events:
             if isinstance(event, Held):
-                self._on_hold(event, source)
+                self._on_hold(event, self.source)
             else:
                 log.info("button %s", event.health)
                 if event.health == "fault":
@@ -264,6 +334,7 @@ class Agent:
     # -- the call ---------------------------------------------------------------------------
 
     def _on_hold(self, held: Held, source: str) -> None:
+        self._read_dtcs()  # fresh codes for the operator: an update carries them if new
         now_utc = self._now_utc()
         for action in self.incidents.on_hold(held.at, now_utc, held.held_ms, source):
             if isinstance(action, SendRequest):
@@ -300,6 +371,15 @@ class Agent:
         now = time.monotonic()
         status, tyres, safety = self.vehicle.current(now)
         problem = infer(self.vehicle.category, status, tyres, safety)
+        if self.vin != self.config.vehicle.vin:
+            problem = replace(
+                problem,
+                evidence=(
+                    *problem.evidence,
+                    f"the gateway reports VIN {self.vin}, the configuration says "
+                    f"{self.config.vehicle.vin}",
+                ),
+            )
         location = self.location.snapshot(now, action.created_at)
         place = self._locate(location)
         return build_request(
@@ -486,6 +566,8 @@ class Agent:
         self.led_history.append((time.monotonic(), mode))
         log.info("LED %s", mode.name.lower())
         self.can.send(CONNECT_LED, self.matrix.encode_led(mode))
+        if self.serial is not None:
+            self.serial.send_led(mode)
         self._notify("led", mode)
 
     async def _led_cycle(self) -> None:
@@ -507,6 +589,8 @@ class Agent:
         oldest = self.outbox.oldest_created_at() if self.outbox.is_open else None
         counters = {**self.counters, **self.can.counters, **self.uplink.counters}
         counters.update({f"outbox_{k}": v for k, v in self.outbox.counters.items()})
+        if self.serial is not None:
+            counters.update({f"serial_{k}": v for k, v in self.serial.counters.items()})
         counters.update({f"gps_{k}": v for k, v in self.gps.counters.items()})
         return {
             "state": state,

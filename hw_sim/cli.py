@@ -86,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
         "--gpsd-port", type=int, help="also serve a fake gpsd, steered from the page"
     )
     console.add_argument("--hold-ms", type=int, default=2000)
+    serial = sub.add_parser(
+        "serial-button", help="the UART roof module on a pseudo-terminal (stdin: hold MS)"
+    )
+    serial.add_argument("--link", help="also make this symlink to the pty, e.g. /tmp/ttyCONNECT")
+    ecu = sub.add_parser("ecu", help="the gateway ECU answering UDS (VIN, DTCs)")
+    bus_args(ecu)
+    ecu.add_argument("--vin", default=None, help="the VIN it reports")
     broker = sub.add_parser("broker", help="the embedded MQTT broker (3.1.1 and 5)")
     broker.add_argument("--host", default="127.0.0.1")
     broker.add_argument("--port", type=int, default=1883)
@@ -279,3 +286,15 @@ async def _console(args: argparse.Namespace) -> None:
         gpsd_port=args.gpsd_port,
         hold_ms=args.hold_ms,
     )
+
+
+async def _serial_button(args: argparse.Namespace) -> None:
+    from hw_sim.serial_button import run_serial_button  # noqa: PLC0415
+
+    await run_serial_button(args.link)
+
+
+async def _ecu(args: argparse.Namespace) -> None:
+    from hw_sim.ecu import DEFAULT_VIN, run_ecu  # noqa: PLC0415
+
+    await run_ecu(args.interface, args.channel, vin=args.vin or DEFAULT_VIN)

@@ -17,8 +17,11 @@ from types import TracebackType
 from agent import config as config_module
 from agent.app import Agent
 from agent.core.frames import LedMode
+from agent.inputs.can_bus import open_bus
+from agent.inputs.uds import REQUEST_ID
 from hw_sim.backend import SimulatedBackend
 from hw_sim.car import LedObserver, SimulatedCar, dbc_path, open_sim_bus
+from hw_sim.ecu import SimulatedEcu
 
 VIN = "YSMFD3KA5PL012345"
 COVERAGE_PROFILE = dbc_path().parent / "coverage" / "polestar.toml"
@@ -112,6 +115,8 @@ class Scenario:
         protocol: str = "5",
         overrides: Mapping[str, str] | None = None,
         auto_ack: str | None = "received",
+        ecu: bool = True,
+        ecu_vin: str = VIN,
     ) -> None:
         self.directory = Path(directory)
         self.channel = channel or f"connect-sim-{os.getpid()}-{id(self)}"
@@ -135,11 +140,15 @@ class Scenario:
         self.bus = open_sim_bus(interface, self.channel)
         self.car = SimulatedCar(self.bus)
         self.led = LedObserver(self.bus)
+        self.ecu_bus = open_bus(interface, self.channel, 500_000, [REQUEST_ID]) if ecu else None
+        self.ecu = SimulatedEcu(self.ecu_bus, vin=ecu_vin) if self.ecu_bus is not None else None
         self.stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Scenario:
         self.led.start()
+        if self.ecu is not None:
+            await self.ecu.__aenter__()
         await self.backend.__aenter__()
         await self.car.__aenter__()
         self._task = asyncio.create_task(self.agent.run(self.stop), name="agent")
@@ -173,6 +182,10 @@ class Scenario:
         finally:
             await self.car.aclose()
             self.led.stop()
-            with contextlib.suppress(Exception):
-                self.bus.shutdown()
+            if self.ecu is not None:
+                await self.ecu.aclose()
+            for bus in (self.bus, self.ecu_bus):
+                if bus is not None:
+                    with contextlib.suppress(Exception):
+                        bus.shutdown()
             await self.backend.aclose()

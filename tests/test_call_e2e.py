@@ -6,6 +6,7 @@ simulator validates everything against the JSON Schemas.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import math
@@ -18,6 +19,7 @@ from agent.core.frames import LedMode
 from agent.schemas import errors as schema_errors
 from hw_sim.gpsd import FakeGpsd, load_route
 from hw_sim.mosquitto import Mosquitto
+from hw_sim.serial_button import SerialButtonModule
 from hw_sim.scenario import CONTACT, VEHICLE, VIN, Scenario
 
 pytestmark = pytest.mark.asyncio
@@ -45,6 +47,7 @@ async def test_short_press_sends_nothing_and_a_hold_sends_exactly_one_request(
 ) -> None:
     async with Scenario(tmp_path, mosquitto.port, real_gpsd[1]) as sim:
         assert await sim.agent.wait_gps_fix(timeout=15), "real gpsd gave no fix"
+        await sim.agent.wait_until(lambda: sim.agent.vin_source == "uds", 10)
         await sim.car.hold(1500)
         with pytest.raises(TimeoutError):
             await sim.backend.wait_for("request", 1, timeout=NOTHING_WINDOW_S)
@@ -73,7 +76,7 @@ async def test_short_press_sends_nothing_and_a_hold_sends_exactly_one_request(
     # 2. and 3.: which car
     vehicle = request["vehicle"]
     assert vehicle["vin"] == VIN
-    assert vehicle["vin_source"] == "config"
+    assert vehicle["vin_source"] == "uds"  # read from the gateway over UDS
     for key, value in VEHICLE.items():
         assert vehicle[key] == value
     # 4.: where it is: a current, trusted fix on the route gpsd was fed
@@ -91,6 +94,7 @@ async def test_short_press_sends_nothing_and_a_hold_sends_exactly_one_request(
     assert request["problem"]["description"]
     assert request["vehicle_state"]["battery_12v_v"] == 12.6
     assert request["vehicle_state"]["tyre_pressure_kpa"]["fl"] == 250
+    assert request["vehicle_state"]["dtcs"] == ["P0A0F-1C:2F", "U0100-00:09", "P0562-00:28"]
     # MQTT 5 contract
     assert received.properties["ContentType"] == "application/json"
     assert received.properties["ResponseTopic"] == f"assistance/v1/{VIN}/ack"
@@ -237,3 +241,46 @@ async def test_updates_follow_the_open_incident_and_stop_after_close(
     assert any(
         u.payload["vehicle_state"]["battery_12v_v"] == 11.2 for u in sim.backend.of_kind("update")
     )
+
+
+async def test_serial_button_end_to_end_through_a_pty(
+    tmp_path: Path, mosquitto: Mosquitto, fake_gpsd: FakeGpsd
+) -> None:
+    async with SerialButtonModule() as module:
+        overrides = {"button.source": "serial", "serial.port": module.port_path}
+        async with Scenario(tmp_path, mosquitto.port, fake_gpsd.port, overrides=overrides) as sim:
+            await sim.car.hold(2200)  # the CAN button is not the configured source: ignored
+            with pytest.raises(TimeoutError):
+                await sim.backend.wait_for("request", 1, timeout=NOTHING_WINDOW_S)
+            module.set_category("flat_battery")
+            await module.hold(2200)
+            [received] = await sim.backend.wait_for("request", 1, timeout=10)
+            await module.wait_for_led(LedMode.CONNECTED, timeout=10)
+            module.send_raw(b"$CNBTN,P,99*00\r\n")  # garbage: counted, survived
+            await sim.agent.wait_until(
+                lambda: (
+                    sim.agent.serial is not None and sum(sim.agent.serial.counters.values()) > 0
+                ),
+                10,
+            )
+    assert received.payload["trigger"]["source"] == "serial"
+    assert received.payload["trigger"]["driver_category"] == "flat_battery"
+    assert received.payload["problem"]["category"] == "flat_battery"
+
+
+async def test_vin_mismatch_is_reported(
+    tmp_path: Path, mosquitto: Mosquitto, fake_gpsd: FakeGpsd
+) -> None:
+    other = "YV1XZ8FV1P2001234"
+    async with Scenario(tmp_path, mosquitto.port, fake_gpsd.port, ecu_vin=other) as sim:
+        await sim.agent.wait_until(lambda: sim.agent.vin_source == "uds", 10)
+        await sim.car.hold(2100)
+        [received] = await sim.backend.wait_for("request", 1, timeout=10)
+        async with asyncio.timeout(10):  # the status carries the mismatch
+            while "vin_mismatch" not in sim.backend.status[VIN].get("counters", {}):
+                await sim.backend.next_change()
+        counters = sim.backend.status[VIN]["counters"]
+    assert received.payload["vehicle"]["vin"] == other
+    assert received.payload["vehicle"]["vin_source"] == "uds"
+    assert any(other in e and VIN in e for e in received.payload["problem"]["evidence"])
+    assert counters["vin_mismatch"] == 1
