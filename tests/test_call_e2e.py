@@ -19,8 +19,8 @@ from agent.core.frames import LedMode
 from agent.schemas import errors as schema_errors
 from hw_sim.gpsd import FakeGpsd, load_route
 from hw_sim.mosquitto import Mosquitto
-from hw_sim.serial_button import SerialButtonModule
 from hw_sim.scenario import CONTACT, VEHICLE, VIN, Scenario
+from hw_sim.serial_button import SerialButtonModule
 
 pytestmark = pytest.mark.asyncio
 
