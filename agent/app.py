@@ -20,7 +20,7 @@ from typing import Any
 
 import can
 
-from agent import __version__
+from agent import __version__, sdnotify
 from agent.config import Config
 from agent.core.button import ButtonTracker, HealthChanged, Held
 from agent.core.clock import rfc3339_ms
@@ -120,6 +120,8 @@ class Agent:
                 on_state=lambda state: self._refresh(),
             )
         self._dtc_task: asyncio.Task[None] | None = None
+        self._can_tried = asyncio.Event()  # READY=1 once CAN and the broker were each tried
+        self._uplink_tried = asyncio.Event()
         self.gps = GpsdSource(config.gpsd.host, config.gpsd.port, self)
         self.counters: dict[str, int] = {}
         self.led_mode = LedMode.OFF
@@ -165,6 +167,8 @@ class Agent:
                     tg.create_task(self._read_vin(), name="uds-vin")
                     if self.serial is not None:
                         tg.create_task(self.serial.run(), name="serial-button")
+                    tg.create_task(self._notify_ready(), name="ready")
+                    tg.create_task(sdnotify.watchdog_loop(), name="watchdog")
                     tg.create_task(self._stop_when(stop), name="shutdown")
                     self.started.set()
                     log.info(
@@ -193,8 +197,23 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
 
+    async def _notify_ready(self) -> None:
+        """READY=1 once CAN, the outbox and the broker are up, or degraded after trying."""
+        await self._can_tried.wait()
+        await self._uplink_tried.wait()
+        sdnotify.ready(self._health())
+
+    def _health(self) -> str:
+        """One line for systemd's status: never a position, never personal data."""
+        mqtt = "connected" if self.uplink.connected else "retrying"
+        pending = self.outbox.count() if self.outbox.is_open else 0
+        return (
+            f"CAN {self.can.state}, MQTT {mqtt}, GPS {self.location.gps_state}, {pending} pending"
+        )
+
     async def _stop_when(self, stop: asyncio.Event) -> None:
         await stop.wait()
+        sdnotify.stopping("flushing the outbox")
         log.info("stopping: no new input; flushing the outbox for up to %.0f s", FLUSH_DEADLINE_S)
         self._accepting = False
         with contextlib.suppress(TimeoutError):
@@ -302,6 +321,7 @@ class Agent:
             log.info("%d DTC(s) stored in the gateway", len(dtcs))
 
     def _on_can_state(self, state: str) -> None:
+        self._can_tried.set()
         if state != "ok":
             self.matrix.reset_counters()
         self._refresh()
@@ -542,6 +562,9 @@ class Agent:
         self._refresh()
 
     def on_connection(self, connected: bool) -> None:
+        self._uplink_tried.set()
+        if self._can_tried.is_set():
+            sdnotify.status(self._health())
         self._refresh()
 
     # -- LED and status ---------------------------------------------------------------------
@@ -591,6 +614,7 @@ class Agent:
         counters.update({f"outbox_{k}": v for k, v in self.outbox.counters.items()})
         if self.serial is not None:
             counters.update({f"serial_{k}": v for k, v in self.serial.counters.items()})
+        counters.update({f"uds_{k}": v for k, v in self.uds.counters.items()})
         counters.update({f"gps_{k}": v for k, v in self.gps.counters.items()})
         return {
             "state": state,

@@ -12,6 +12,10 @@ from pathlib import Path
 from agent import __version__, config
 from agent.config import Config, effective
 from agent.errors import AgentError, ConfigError
+from agent.privacy import config_file_warnings
+from agent.tls import CertificateTimeError, check_tls_files
+
+log = logging.getLogger("agent")
 
 EXIT_CONFIG = 2
 
@@ -72,12 +76,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             cfg = _load(args)
+            if cfg.mqtt.tls:
+                check_tls_files(
+                    cfg.mqtt.ca_file, cfg.mqtt.cert_file, cfg.mqtt.key_file, source=cfg.source
+                )
+            for warning in config_file_warnings(cfg.source):
+                print(f"warning: {warning}", file=sys.stderr)
             print(json.dumps(effective(cfg), indent=2, default=str))
             print(f"{cfg.source}: OK", file=sys.stderr)
             return 0
         if args.command == "run":
             cfg = _load(args)
             setup_logging(cfg.log_level)
+            for warning in config_file_warnings(cfg.source):
+                log.warning("%s", warning)
+            if cfg.mqtt.tls:
+                try:
+                    check_tls_files(
+                        cfg.mqtt.ca_file, cfg.mqtt.cert_file, cfg.mqtt.key_file, source=cfg.source
+                    )
+                except CertificateTimeError as exc:
+                    # The clock may be unset (no RTC, no NTP yet): start anyway, calls queue.
+                    log.warning("%s", exc)
             return asyncio.run(_run(cfg))
         if args.command == "demo" and args.web:
             from hw_sim.console import run_web_demo  # noqa: PLC0415

@@ -22,6 +22,7 @@ from agent.core.request import Address, Contact, VehicleProfile
 from agent.core.vin import vin_problem
 from agent.errors import ConfigError
 from agent.outbox import Limits
+from agent.tls import check_tls_files
 
 ENV_PREFIX = "CONNECT_AGENT__"
 _REQUIRED = object()
@@ -179,7 +180,10 @@ def _date(value: Any, ctx: _Ctx) -> date | None:
 
 
 def _path(value: Any, ctx: _Ctx) -> Path:
-    path = Path(_str(value, ctx)).expanduser()
+    text = _str(value, ctx)
+    if "\0" in text or any(len(part.encode()) > 255 for part in text.split("/")):
+        raise ctx.fail("a file path (no NUL byte, no name over 255 bytes)", value)
+    path = Path(text).expanduser()
     return path if path.is_absolute() else (ctx.file.parent / path)
 
 
@@ -404,6 +408,15 @@ def _build(path: Path, v: dict[str, Any]) -> Config:
     if v["mqtt.tls"]:
         for key in ("mqtt.ca_file", "mqtt.cert_file", "mqtt.key_file"):
             _check_readable(v[key], path, key)
+        # Contents, key permissions, key/certificate match; the validity dates are checked by
+        # check-config and only warned about by run (the board's clock may not be set yet).
+        check_tls_files(
+            v["mqtt.ca_file"],
+            v["mqtt.cert_file"],
+            v["mqtt.key_file"],
+            source=path,
+            check_time=False,
+        )
     elif not v["mqtt.allow_insecure"]:
         raise ConfigError(
             f"{path}: key 'mqtt.tls': plain TCP sends the driver's data unencrypted; "

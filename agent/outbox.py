@@ -333,8 +333,17 @@ class Outbox:
             return
         try:
             self.db.execute("DELETE FROM messages WHERE id=?", (entry_id,))
+            self._scrub()
         except sqlite3.Error as exc:
             self._failed("deleting", exc)
+
+    def _scrub(self) -> None:
+        """Copy the WAL back and truncate it: deleted personal data must not linger there.
+
+        ``secure_delete`` zeroes the page in its new version, but the old version stays in the
+        write-ahead log until a checkpoint.
+        """
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def count(self) -> int:
         disk = 0
@@ -368,6 +377,7 @@ class Outbox:
             self._failed("purging", exc)
             return 0
         if gone:
+            self._scrub()
             self._count("expired", gone)
             log.warning("outbox: %d message(s) older than the retention period purged", gone)
         return int(gone)

@@ -31,8 +31,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.backoff import backoff_delays
 from agent.config import MqttConfig
-from agent.errors import UplinkError
+from agent.errors import ConfigError, UplinkError
 from agent.outbox import Entry, Outbox
+from agent.tls import client_context
 
 log = logging.getLogger("agent.uplink")
 
@@ -62,15 +63,9 @@ class Topics:
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
     """Mutual TLS, 1.2 or later, with hostname verification."""
     try:
-        context = ssl.create_default_context(
-            ssl.Purpose.SERVER_AUTH, cafile=str(cfg.ca_file) if cfg.ca_file else None
-        )
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if cfg.cert_file is not None:
-            context.load_cert_chain(str(cfg.cert_file), str(cfg.key_file) if cfg.key_file else None)
-    except (OSError, ssl.SSLError) as exc:
+        return client_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
+    except (OSError, ssl.SSLError, ConfigError) as exc:
         raise UplinkError(f"cannot set up TLS from the configured files: {exc}") from exc
-    return context
 
 
 class Uplink:
@@ -100,6 +95,7 @@ class Uplink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
         self._closing = False  # aclose() asked for the disconnect
+        self._last_error: str | None = None  # paho's last error line on this connection
         self._waiters: dict[int, asyncio.Future[None]] = {}  # status mid -> its PUBACK
         self.connects = 0
         self.attempts = 0
@@ -231,6 +227,7 @@ class Uplink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_log = self._on_log
         return client
 
     async def _serve_once(self) -> None:
@@ -241,6 +238,7 @@ class Uplink:
         self._sent.clear()
         self._disconnected = loop.create_future()
         self._connack = loop.create_future()
+        self._last_error = None
         kwargs: dict[str, Any] = {}
         if self.cfg.protocol == "5":
             props = Properties(PacketTypes.CONNECT)
@@ -387,7 +385,10 @@ class Uplink:
         else:
             log.info("MQTT disconnected: %s", reason)
         if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(UplinkError(f"disconnected before CONNACK: {reason}"))
+            detail = f" ({self._last_error})" if self._last_error else ""
+            self._connack.set_exception(
+                UplinkError(f"disconnected before CONNACK: {reason}{detail}")
+            )
         self._lost()
 
     def _on_publish(
@@ -410,5 +411,14 @@ class Uplink:
         self.events.on_delivered(entry)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if message.topic == self.topics.ack:
+        if message.topic != self.topics.ack:
+            return
+        try:
             self.events.on_ack(bytes(message.payload))
+        except Exception:  # a bug must not stop the PUBACK (the broker would resend forever)
+            self.counters["ack_handler_errors"] = self.counters.get("ack_handler_errors", 0) + 1
+            log.exception("handling an ack failed")
+
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR and client is self._client:
+            self._last_error = text

@@ -195,12 +195,6 @@ async def test_the_outbox_is_private(
     assert on_disk(state) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SPEC §6 leak: after PUBACK the deleted request (name, phone, e-mail, street, "
-    "position) stays in outbox.sqlite3-wal until the next clean stop; secure_delete only "
-    "zeroes the new page version. Fix: PRAGMA wal_checkpoint(TRUNCATE) after deleting",
-)
 @pytest.mark.asyncio
 async def test_delivered_personal_data_is_gone_from_disk_at_once(
     tmp_path: Path, mosquitto: Mosquitto, standing_gpsd: FakeGpsd

@@ -381,13 +381,6 @@ async def next_with(queue: asyncio.Queue[bytes], prefix: bytes, timeout: float =
                 return message
 
 
-WIRING = pytest.mark.xfail(
-    strict=True,
-    reason="agent/app.py does not call agent.sdnotify yet (lead: see the wiring in the report)",
-)
-
-
-@WIRING
 @pytest.mark.asyncio
 async def test_agent_notifies_ready_watchdog_and_stopping(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mosquitto: Mosquitto, fake_gpsd: FakeGpsd
@@ -405,7 +398,6 @@ async def test_agent_notifies_ready_watchdog_and_stopping(
     assert b"\n" not in ready or ready.split(b"\n")[1].startswith(b"STATUS=")
 
 
-@WIRING
 @pytest.mark.asyncio
 async def test_agent_is_ready_degraded_when_the_broker_is_down(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path

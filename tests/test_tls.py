@@ -526,12 +526,6 @@ async def test_a_refused_tls_connection_is_reported_and_retried(
     await refused(tmp_path, pki, broker, case)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/uplink.py's own tls_context: paho leaves the SSL socket of a failed "
-    "handshake open (ResourceWarning, an fd until GC) on every attempt; "
-    "agent.tls.client_context closes it",
-)
 @pytest.mark.asyncio
 async def test_the_shipped_uplink_closes_the_socket_of_a_failed_handshake(
     tmp_path: Path, pki: Pki, broker: Broker
@@ -545,11 +539,6 @@ async def test_the_shipped_uplink_closes_the_socket_of_a_failed_handshake(
     assert leaked == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the uplink's warning says 'disconnected before CONNACK: Unspecified error'; the "
-    "TLS alert is only in paho's ERROR log line, repeated on every attempt",
-)
 @pytest.mark.asyncio
 @pytest.mark.usefixtures("uplink_uses_agent_tls")
 @pytest.mark.parametrize("case", BROKER_REFUSALS)

@@ -161,7 +161,7 @@ def parse_ack(payload: bytes) -> Ack | str:
         return "too_large"
     try:
         doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return "bad_json"
     if not isinstance(doc, dict):
         return "not_an_object"
