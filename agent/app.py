@@ -125,7 +125,6 @@ class Agent:
         self.gps = GpsdSource(config.gpsd.host, config.gpsd.port, self)
         self.counters: dict[str, int] = {}
         self.led_mode = LedMode.OFF
-        self.led_history: list[tuple[float, LedMode]] = []
         self.calls: list[CallRecord] = []
         self.deliveries: dict[tuple[str, str, int], float] = {}  # (kind, id, seq) -> monotonic
         self.started = asyncio.Event()
@@ -134,7 +133,6 @@ class Agent:
         self._button_timer: asyncio.TimerHandle | None = None
         self._led_timer: asyncio.TimerHandle | None = None
         self._delivered = asyncio.Event()
-        self._gps_changed = asyncio.Event()
         self._changed = asyncio.Event()  # any state change: for wait_until()
         self._last_status: dict[str, Any] | None = None
         # what the backend last got for the open incident: (location, vehicle_state), when
@@ -145,7 +143,6 @@ class Agent:
         self._last_request: dict[str, Any] | None = None  # in memory only, for repeats
         self._delivered_at = 0.0  # monotonic: the last request's PUBACK
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.listeners: list[Callable[[str, Any], None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -354,7 +351,6 @@ class Agent:
     # -- the call ---------------------------------------------------------------------------
 
     def _on_hold(self, held: Held, source: str) -> None:
-        self._read_dtcs()  # fresh codes for the operator: an update carries them if new
         now_utc = self._now_utc()
         for action in self.incidents.on_hold(held.at, now_utc, held.held_ms, source):
             if isinstance(action, SendRequest):
@@ -379,13 +375,12 @@ class Agent:
                 self.outbox.close_incident(action.incident_id)
                 log.info("call %s cancelled by the driver", action.incident_id)
         self.uplink.kick()
+        self._read_dtcs()  # fresh codes for the operator, after the publish: an update
 
     def _store(self, kind: str, incident_id: str, sequence: int, payload: dict[str, Any]) -> Entry:
         data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
         topic = self.uplink.topics.for_kind(kind)
-        entry = self.outbox.add(kind, incident_id, sequence, topic, data)
-        self._notify(kind, payload)
-        return entry
+        return self.outbox.add(kind, incident_id, sequence, topic, data)
 
     def _request_payload(self, action: SendRequest) -> dict[str, Any]:
         now = time.monotonic()
@@ -431,7 +426,6 @@ class Agent:
         apply(value)
         if self.location.gps_state != before:
             log.info("GPS %s", self.location.gps_state)
-            self._gps_changed.set()
             self._changed.set()
             self._publish_status_if_changed()
 
@@ -558,7 +552,6 @@ class Agent:
             self.outbox.save_incident(
                 incident.incident_id, incident.sequence, time.time(), incident.acked
             )
-        self._notify("ack", ack)
         self._refresh()
 
     def on_connection(self, connected: bool) -> None:
@@ -586,12 +579,10 @@ class Agent:
         if mode == self.led_mode:
             return
         self.led_mode = mode
-        self.led_history.append((time.monotonic(), mode))
         log.info("LED %s", mode.name.lower())
         self.can.send(CONNECT_LED, self.matrix.encode_led(mode))
         if self.serial is not None:
             self.serial.send_led(mode)
-        self._notify("led", mode)
 
     async def _led_cycle(self) -> None:
         while True:
@@ -636,10 +627,6 @@ class Agent:
             self._last_status = comparable
             self.uplink.publish_status()
 
-    def _notify(self, what: str, value: Any) -> None:
-        for listener in self.listeners:
-            listener(what, value)
-
     async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Wait until ``predicate()`` holds, re-checking on every state change."""
         async with asyncio.timeout(timeout):
@@ -650,10 +637,7 @@ class Agent:
     async def wait_gps_fix(self, timeout: float) -> bool:
         """Wait until gpsd reports a fix; False when none came within ``timeout``."""
         try:
-            async with asyncio.timeout(timeout):
-                while self.location.gps_state != "fix":
-                    self._gps_changed.clear()
-                    await self._gps_changed.wait()
+            await self.wait_until(lambda: self.location.gps_state == "fix", timeout)
         except TimeoutError:
             return False
         return True
