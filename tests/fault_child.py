@@ -33,6 +33,7 @@ async def main(directory: Path, mqtt_port: int, gpsd_port: int, mode: str) -> No
         async with asyncio.TaskGroup() as tg, SimulatedCar(bus) as car:
             tg.create_task(agent.run(stop))
             await agent.started.wait()
+            await agent.wait_until(lambda: agent.can.state == "ok", 10)  # listening on CAN
             print("RUNNING", flush=True)
             if mode == "press":
                 await car.hold(2200)  # the call is stored at the 2 s threshold, before release
