@@ -33,5 +33,10 @@ check: lint typecheck test
 hil: $(STAMP)
 	HIL_SUITE=1 hil/run-in-uml.sh $(BIN)/pytest -p no:cacheprovider tests/hil $(HIL_ARGS)
 
+# Benchmarks (issue 8): in-process on the virtual bus, then vcan0 under UML; prints a table,
+# writes bench/results/. About 9 minutes on 2 cores; BENCH_ARGS=--quick for a 2-minute smoke.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
