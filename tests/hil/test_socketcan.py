@@ -32,6 +32,7 @@ from hilstack import (
 
 from agent.core.e2e import crc8_sae_j1850
 from agent.core.frames import CONNECT_BUTTON, RECEIVED_IDS, ButtonState, LedMode
+from agent.inputs.uds import RESPONSE_ID
 from agent.schemas import errors as schema_errors
 from hw_sim.gpsd import load_route
 from hw_sim.scenario import CONTACT, VEHICLE, VIN
@@ -40,6 +41,9 @@ pytestmark = pytest.mark.asyncio
 
 NOTHING_WINDOW_S = 1.0  # how long "nothing more arrives" is watched for
 BUTTON_PERIOD_S = 0.1  # the roof module's cycle (SPEC §2)
+
+# The matrix frames the agent reads, and the gateway ECU's UDS answers.
+AGENT_IDS = (*RECEIVED_IDS, RESPONSE_ID)
 
 
 def on_route(lat: float, lon: float, margin_deg: float = 0.01) -> bool:
@@ -153,17 +157,17 @@ async def test_kernel_filters_keep_unused_ids_off_the_agents_socket(stack: Stack
         assert entry.can_mask == EFF_FLAG | 0x7FF, entry  # one exact 11-bit ID each
     sockets = {e.socket for e in entries}
     if sockets == {"0" * len(next(iter(sockets)))}:  # %pK hidden: no per-socket view
-        assert {e.can_id for e in filters} == set(RECEIVED_IDS)
+        assert {e.can_id for e in filters} == set(AGENT_IDS)
         return
     agent_sockets = [
-        s for s in sockets if {e.can_id for e in filters if e.socket == s} == set(RECEIVED_IDS)
+        s for s in sockets if {e.can_id for e in filters if e.socket == s} == set(AGENT_IDS)
     ]
     assert len(agent_sockets) == 1, entries
     [agent_socket] = agent_sockets
     mine = [e for e in entries if e.socket == agent_socket]
     # Nothing but its filters (and the error-frame mask): no catch-all, no other ID.
     assert {e.rcvlist for e in mine} <= {"fil", "err"}, mine
-    assert sorted(e.can_id for e in mine if e.rcvlist == "fil") == sorted(RECEIVED_IDS)
+    assert sorted(e.can_id for e in mine if e.rcvlist == "fil") == sorted(AGENT_IDS)
     matched = {e.can_id: e.matches for e in mine if e.rcvlist == "fil"}
     assert matched[CONNECT_BUTTON] > 0  # live: the car's button frames pass the filter
 
