@@ -209,6 +209,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 latency = Series("latency")
                 latency.presses = await presses(agent, car, rig.hold_s, args.calls, rng)
                 latency.extra["agent_cpu_pct"] = meter.percent()
+                latency.extra["machine_busy_pct"] = meter.busy_percent()
                 attach_receipts(latency.presses, sub.records())
                 result["latency"] = latency.result()
 

@@ -168,6 +168,11 @@ def latency_rows(label: str, series: dict[str, Any] | None, extra: str = "") -> 
     return rows
 
 
+def _busy(series: dict[str, Any] | None) -> str:
+    busy = _get(series or {}, "machine_busy_pct")
+    return "" if busy is None else f"machine busy {busy} %"
+
+
 def _series(step_result: dict[str, Any], key: str) -> dict[str, Any] | None:
     """A phase's results; the step's own error where the whole step failed."""
     if "error" in step_result:
@@ -204,12 +209,14 @@ def table(res: dict[str, Any]) -> str:
         f"1-2. Hold threshold -> delivery, ms (hold_ms {ip.get('hold_ms', 100)}; "
         f"request {ip.get('request_bytes', '?')} B, MQTT 5, QoS 1, local Mosquitto)",
         f"{'setup':<34} {'to':<16} {'n':>4} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7} "
-        f"{'missed':>7} {'CPU %':>7}  bus load reached",
+        f"{'missed':>7} {'CPU %':>7}  bus load reached, whole machine's CPU busy",
     ]
-    lines += latency_rows("in-process, virtual bus", _series(ip, "latency"))
+    lines += latency_rows(
+        "in-process, virtual bus", _series(ip, "latency"), _busy(_get(ip, "latency"))
+    )
     for rate, series in (_get(ip, "busload") or {}).items():
         reached = _get(series, "generator", "rate")
-        lines += latency_rows(f"  + {rate} frames/s", series, f"{reached}/s")
+        lines += latency_rows(f"  + {rate} frames/s", series, f"{reached}/s, {_busy(series)}")
     lines += latency_rows("Scenario (backend in-process)", _get(ip, "scenario"))
     disk, lag = _get(ip, "latency", "to_disk_ms"), _get(ip, "latency", "agent_threshold_lag_ms")
     if disk and lag:
@@ -218,11 +225,12 @@ def table(res: dict[str, Any]) -> str:
             f" first pressed frame + hold_ms",
             f"   -> the agent's threshold p50 {lag['p50']}, p99 {lag['p99']} ms)",
         ]
-    lines += latency_rows("UML vcan0, separate processes", _series(uml, "latency"))
+    lines += latency_rows(
+        "UML vcan0, separate processes", _series(uml, "latency"), _busy(_get(uml, "latency"))
+    )
     for rate, series in (_get(uml, "busload") or {}).items():
         reached = _get(series, "generator", "rate")
-        busy = _get(series, "machine_busy_pct")
-        lines += latency_rows(f"  + {rate} frames/s", series, f"{reached}/s, CPU busy {busy} %")
+        lines += latency_rows(f"  + {rate} frames/s", series, f"{reached}/s, {_busy(series)}")
     lines += ["", "floor: paho-mqtt alone, publish at QoS 1 (one process, paho's select loop)"]
     lines += floor_rows("host loopback", _get(ip, "mqtt_floor"))
     lines += floor_rows("UML loopback", _get(uml, "mqtt_floor"))
@@ -231,6 +239,7 @@ def table(res: dict[str, Any]) -> str:
         "",
         "  CPU %: the agent's utime+stime over the phase (100 = one core); in-process: this",
         "  process minus the threads of the bus load, the roof module's reader and the ECU.",
+        "  machine busy: all CPUs of the machine (UML: its one CPU), 100 = all busy.",
         f"  Bus load: {int((share or 0.25) * 100)} % matrix cyclic frames (0x3B0-0x3B2, decoded), "
         "the rest IDs the agent filters out.",
         "  UML threshold = first pressed frame sent + hold_ms; in-process = the agent's held_at.",
