@@ -13,6 +13,7 @@ import json
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -35,6 +36,8 @@ from agent.core.frames import (
     Matrix,
     Rejected,
     SafetyStatus,
+    TyrePressure,
+    VehicleStatus,
 )
 from agent.core.geo import GeoDataError, Place, default_geocoder
 from agent.core.incident import (
@@ -74,6 +77,8 @@ FLUSH_DEADLINE_S = 5.0
 PURGE_EVERY_S = 3600.0
 UPDATE_CHECK_S = 1.0
 DTC_TIMEOUT_S = 0.3
+DTC_AFTER_CALL_S = 0.2
+KEEP_RECORDS = 1000  # calls and deliveries remembered for the demo and the benchmarks
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +125,14 @@ class Agent:
                 on_state=lambda state: self._refresh(),
             )
         self._dtc_task: asyncio.Task[None] | None = None
+        # the last bytes and decoding of VEHICLE_STATUS, TYRE_PRESSURE, SAFETY_STATUS
+        self._cyclic: dict[int, tuple[bytes, VehicleStatus | TyrePressure | SafetyStatus]] = {}
         self._can_tried = asyncio.Event()  # READY=1 once CAN and the broker were each tried
         self._uplink_tried = asyncio.Event()
         self.gps = GpsdSource(config.gpsd.host, config.gpsd.port, self)
         self.counters: dict[str, int] = {}
         self.led_mode = LedMode.OFF
-        self.calls: list[CallRecord] = []
+        self.calls: deque[CallRecord] = deque(maxlen=KEEP_RECORDS)
         self.deliveries: dict[tuple[str, str, int], float] = {}  # (kind, id, seq) -> monotonic
         self.started = asyncio.Event()
         self._since = rfc3339_ms(self._now_utc())
@@ -254,7 +261,12 @@ class Agent:
             self.uds.feed(message)
             return
         now = time.monotonic()
-        frame = self.matrix.decode(message.arbitration_id, message.data)
+        frame_id, data = message.arbitration_id, bytes(message.data)
+        cached = self._cyclic.get(frame_id)
+        if cached is not None and cached[0] == data:  # cyclic status, unchanged: no decode
+            self.vehicle.update(cached[1], now)
+            return
+        frame = self.matrix.decode(frame_id, data)
         if isinstance(frame, Rejected):
             self._count(f"can_{frame.reason}")
             if self.counters[f"can_{frame.reason}"] == 1:
@@ -274,6 +286,7 @@ class Agent:
                 previous = self.vehicle.safety
                 if previous is None or previous.active_dtc_count != frame.active_dtc_count:
                     self._read_dtcs()  # the gateway's fault memory changed
+            self._cyclic[frame_id] = (data, frame)
             self.vehicle.update(frame, now)
 
     def _on_category(self, category: str | None) -> None:
@@ -333,7 +346,8 @@ class Agent:
                     self._count("button_faults")
                 self.incidents.healthy = event.health == "ok"
         self._schedule_button()
-        self._refresh()
+        if events:  # a plain cyclic sample changes neither the LED nor the status
+            self._refresh()
 
     def _schedule_button(self) -> None:
         if self._button_timer is not None:
@@ -375,7 +389,8 @@ class Agent:
                 self.outbox.close_incident(action.incident_id)
                 log.info("call %s cancelled by the driver", action.incident_id)
         self.uplink.kick()
-        self._read_dtcs()  # fresh codes for the operator, after the publish: an update
+        if self._loop is not None:  # fresh codes for the operator, once the call is out
+            self._loop.call_later(DTC_AFTER_CALL_S, self._read_dtcs)
 
     def _store(self, kind: str, incident_id: str, sequence: int, payload: dict[str, Any]) -> Entry:
         data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
@@ -527,6 +542,8 @@ class Agent:
 
     def on_delivered(self, entry: Entry) -> None:
         self.deliveries[(entry.kind, entry.incident_id, entry.sequence)] = time.monotonic()
+        if len(self.deliveries) > KEEP_RECORDS:
+            del self.deliveries[next(iter(self.deliveries))]
         if entry.kind == "request":
             self.incidents.on_delivered(entry.incident_id, entry.sequence)
             self._delivered_at = time.monotonic()

@@ -96,6 +96,7 @@ class Outbox:
         self._next_memory_id = -1
         self.counters: dict[str, int] = {}
         self.healthy = True
+        self._dirty = False  # rows deleted since the last WAL checkpoint
 
     def _count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -177,6 +178,7 @@ class Outbox:
         self._count("replaced_corrupt")
 
     def close(self) -> None:
+        self.scrub()
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -333,17 +335,25 @@ class Outbox:
             return
         try:
             self.db.execute("DELETE FROM messages WHERE id=?", (entry_id,))
-            self._scrub()
+            self._dirty = True
         except sqlite3.Error as exc:
             self._failed("deleting", exc)
 
-    def _scrub(self) -> None:
+    def scrub(self) -> None:
         """Copy the WAL back and truncate it: deleted personal data must not linger there.
 
         ``secure_delete`` zeroes the page in its new version, but the old version stays in the
-        write-ahead log until a checkpoint.
+        write-ahead log until a checkpoint. The uplink calls this right after handling a PUBACK
+        (not inside it, which would delay the delivery by a sync); a no-op when nothing was
+        deleted since the last time.
         """
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if not self._dirty or self._db is None:
+            return
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._dirty = False
+        except sqlite3.Error as exc:
+            self._failed("scrubbing", exc)
 
     def count(self) -> int:
         disk = 0
@@ -377,7 +387,8 @@ class Outbox:
             self._failed("purging", exc)
             return 0
         if gone:
-            self._scrub()
+            self._dirty = True
+            self.scrub()
             self._count("expired", gone)
             log.warning("outbox: %d message(s) older than the retention period purged", gone)
         return int(gone)

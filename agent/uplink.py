@@ -408,6 +408,9 @@ class Uplink:
             )
             return
         self.outbox.remove(entry.id)
+        self._sent.discard(entry.id)
+        if self._loop is not None:
+            self._loop.call_soon(self.outbox.scrub)  # before anyone looks, after the delivery
         self.events.on_delivered(entry)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:

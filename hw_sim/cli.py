@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         "gpsd": _gpsd,
         "backend": _backend,
         "broker": _broker,
+        "console": _console,
+        "serial-button": _serial_button,
+        "ecu": _ecu,
     }[args.command]
     try:
         asyncio.run(runner(args))

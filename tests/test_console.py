@@ -424,7 +424,7 @@ async def test_a_short_press_from_the_page_calls_nobody(
         await hold_from_page(page, 1.0)
         await page.expect("button", lambda m: m["pressed"] is False)
         await scenario.agent.wait_until(lambda: not scenario.agent.button.pressed, timeout=5)
-        assert scenario.agent.calls == []
+        assert not scenario.agent.calls
         assert scenario.led.mode is LedMode.READY
         assert console.board.cards == {}
 
@@ -605,7 +605,7 @@ async def test_a_page_that_disappears_while_holding_releases_the_button(
         await page.expect("button", lambda m: m["pressed"] is True)
     # the socket closed mid-press: the roof module must not stay pressed
     await scenario.agent.wait_until(lambda: not scenario.agent.button.pressed, timeout=5)
-    assert scenario.agent.calls == []
+    assert not scenario.agent.calls
 
 
 # -- the entry points -------------------------------------------------------------------------

@@ -187,7 +187,7 @@ async def test_a_one_second_press_shows_no_card(
     await expect(page.locator("#hold-time")).to_have_attribute("data-result", "short")
     agent = scenario.agent
     await agent.wait_until(lambda: not agent.button.pressed, timeout=5)  # the agent saw it go
-    assert agent.calls == []
+    assert not agent.calls
     await expect(page.locator("#led")).to_have_attribute("data-mode", "ready")
     await expect(page.locator(".card")).to_have_count(0)
     await expect(page.locator("#no-cards")).to_be_visible()
