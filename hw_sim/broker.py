@@ -27,8 +27,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from types import TracebackType
-from typing import Self
+
+from hw_sim.service import Service
 
 log = logging.getLogger("hw_sim.broker")
 
@@ -677,7 +677,7 @@ class _Connection:
             transport.abort()
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(Service):
     """An MQTT 3.1.1 and 5 broker serving on ``host:port`` while the context is entered.
 
     ``port`` 0 picks a free port; :attr:`port` is the real one once started. ``keep_alive_grace``
@@ -717,18 +717,6 @@ class EmbeddedBroker:
         self._changed = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def start(self) -> None:
         if self._server is not None or self._closing:

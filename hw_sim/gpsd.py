@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Literal, Self
+from typing import Final, Literal
 
 __all__ = [
     "DEFAULT_ROUTE",
@@ -40,6 +39,8 @@ __all__ = [
     "route_to_nmea",
     "run_fake_gpsd",
 ]
+
+from hw_sim.service import Service
 
 log = logging.getLogger("hw_sim.gpsd")
 
@@ -280,7 +281,7 @@ class _Client:
     watching: bool = False
 
 
-class FakeGpsd:
+class FakeGpsd(Service):
     """gpsd's JSON protocol on ``host:port`` while the context is entered (port 0: free port).
 
     Every ``interval`` seconds of wall time the car advances ``step_s`` seconds along the
@@ -327,18 +328,6 @@ class FakeGpsd:
         self._closed = False
 
     # -- lifecycle ------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def start(self) -> None:
         if self._server is not None or self._closed:

@@ -35,8 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -47,6 +46,7 @@ from hw_sim.car import LedObserver, SimulatedCar
 from hw_sim.console.board import ACK_STATUSES, Board, iso_ms
 from hw_sim.console.outlines import OutlineSource, region_box
 from hw_sim.gpsd import FakeGpsd
+from hw_sim.service import Service
 
 __all__ = ["CONTROLS", "ConsoleServer", "Control"]
 
@@ -150,7 +150,7 @@ class _Client:
         self.pressing = False
 
 
-class ConsoleServer:
+class ConsoleServer(Service):
     """``async with ConsoleServer(backend, car=..., led=..., gps=...) as console:`` serves
     ``console.url`` until the block ends. ``port=0`` picks a free port."""
 
@@ -188,18 +188,6 @@ class ConsoleServer:
         self._closed = False
 
     # -- lifecycle ------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_CLIENT_MESSAGE)
