@@ -348,6 +348,8 @@ class Agent:
         self._schedule_button()
         if events:  # a plain cyclic sample changes neither the LED nor the status
             self._refresh()
+        else:
+            self._changed.set()  # but it may press or release: wake wait_until()
 
     def _schedule_button(self) -> None:
         if self._button_timer is not None:
