@@ -11,14 +11,15 @@ import contextlib
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -373,3 +374,17 @@ def write_json(path: Path, data: Any) -> None:
 
 def run_quiet(args: Sequence[str]) -> str:
     return subprocess.run(args, check=False, capture_output=True, text=True).stdout.strip()
+
+
+T = TypeVar("T")
+
+
+async def repeat_presses(
+    press_once: Callable[[], Awaitable[T]], n: int, rng: random.Random
+) -> list[T]:
+    """``n`` calls, each closed before the next, a few random ms apart (no lock-step)."""
+    out = []
+    for _ in range(n):
+        out.append(await press_once())
+        await asyncio.sleep(rng.uniform(0.010, 0.060))
+    return out

@@ -54,6 +54,7 @@ from bench.common import (
     attach_receipts,
     machine,
     mqtt_floor,
+    repeat_presses,
     rss_kib,
     stop_process,
     write_json,
@@ -139,11 +140,7 @@ async def press_once(agent: AgentProcess, rig: Car, hold_s: float) -> Press:
 async def presses(
     agent: AgentProcess, rig: Car, hold_s: float, n: int, rng: random.Random
 ) -> list[Press]:
-    out = []
-    for _ in range(n):
-        out.append(await press_once(agent, rig, hold_s))
-        await asyncio.sleep(rng.uniform(0.010, 0.060))
-    return out
+    return await repeat_presses(lambda: press_once(agent, rig, hold_s), n, rng)
 
 
 class Profiler:

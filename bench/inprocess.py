@@ -55,6 +55,7 @@ from bench.common import (
     attach_receipts,
     machine,
     mqtt_floor,
+    repeat_presses,
     rss_kib,
     write_json,
 )
@@ -162,11 +163,7 @@ async def press_once(agent: Agent, car: SimulatedCar, hold_s: float) -> Press:
 async def presses(
     agent: Agent, car: SimulatedCar, hold_s: float, n: int, rng: random.Random
 ) -> list[Press]:
-    out = []
-    for _ in range(n):
-        out.append(await press_once(agent, car, hold_s))
-        await asyncio.sleep(rng.uniform(0.010, 0.060))
-    return out
+    return await repeat_presses(lambda: press_once(agent, car, hold_s), n, rng)
 
 
 def progress(text: str) -> None:

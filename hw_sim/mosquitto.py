@@ -9,7 +9,8 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
+
+from hw_sim.service import Service
 
 
 def find_mosquitto() -> str | None:
@@ -37,7 +38,7 @@ async def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
             return
 
 
-class Mosquitto:
+class Mosquitto(Service):
     """``async with Mosquitto() as broker:`` -> ``broker.port`` on 127.0.0.1.
 
     ``persistence=True`` keeps sessions and queued messages across :meth:`restart`, as a
@@ -111,15 +112,7 @@ class Mosquitto:
         await self.stop()
         await self.start()
 
-    async def __aenter__(self) -> Mosquitto:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """Stop it and remove its configuration and persistence (safe twice)."""
         await self.stop()
         self._dir.cleanup()
