@@ -210,7 +210,18 @@ def _vin(value: Any, ctx: _Ctx) -> str:
     return vin
 
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def is_hostname(host: str) -> bool:
+    """RFC 1123 host name check, linear in the length (one bounded regex per label)."""
+    name = host[:-1] if host.endswith(".") else host
+    if not 1 <= len(name) <= 253:
+        return False
+    labels = name.split(".")
+    if not all(_LABEL.fullmatch(label) for label in labels):
+        return False
+    return not name.replace(".", "").isdigit()
 
 
 def _host(value: Any, ctx: _Ctx) -> str:
@@ -220,9 +231,23 @@ def _host(value: Any, ctx: _Ctx) -> str:
         return host
     except ValueError:
         pass
-    if not _HOSTNAME.match(host) or host.replace(".", "").isdigit():
+    if not is_hostname(host):
+        name, sep, port = host.rpartition(":")
+        if sep and port.isdigit() and (is_hostname(name) or _is_ip(name)):
+            section = ctx.key.rpartition(".")[0]
+            raise ctx.fail(
+                f"a host name or IP address without ':{port}' (set {section}.port)", value
+            )
         raise ctx.fail("a host name or an IP address", value)
     return host
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")

@@ -158,3 +158,43 @@ def test_check_config_exits_2_on_error(tmp_path: Path, capsys: pytest.CaptureFix
     assert "unknown key 'mqtt.bogus'" in err
     assert main(["check-config", "--config", str(tmp_path / "missing.toml")]) == 2
     assert main(["check-config", "--config", str(path), "--set", "nonsense"]) == 2
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["broker", "mqtt.connectassistance.example.com", "a-b.c0.example.", "x" * 63 + ".example"],
+)
+def test_host_names_accepted(host: str) -> None:
+    assert config.is_hostname(host)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "",
+        "-a.example",
+        "a-.example",
+        "a..b",
+        "x" * 64 + ".example",
+        "1.2.3",
+        "a_b.example",
+        "host:8883",
+        ("a" * 60 + ".") * 5,
+    ],
+)
+def test_host_names_refused(host: str) -> None:
+    assert not config.is_hostname(host)
+
+
+def test_host_with_port_is_refused_at_once_with_a_hint(tmp_path: Path) -> None:
+    # The old single regex backtracked exponentially on this value (22 s before the error).
+    # Each label is now checked by one bounded regex, so the work is linear: a value of 200
+    # labels is as quick as one. The check is structural (a subprocess would time the host).
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        GOOD.replace('host = "127.0.0.1"', 'host = "mqtt.connectassistance.example.com:8883"')
+    )
+    with pytest.raises(ConfigError, match=r"key 'mqtt.host'.*without ':8883' \(set mqtt.port\)"):
+        config.load(path)
+    long_bad = "a." * 120 + "example.com:8883"
+    assert not config.is_hostname(long_bad)

@@ -126,6 +126,7 @@ def test_the_unit_says_what_the_issue_asks() -> None:
     assert one["Service.WatchdogSec"] == "10s"
     assert one["Service.Restart"] == "always"
     assert one["Unit.StartLimitIntervalSec"] == "0"  # Restart=always never gives up
+    assert one["Service.RestartPreventExitStatus"] == "2"  # a config error does not loop
     assert one["Service.ExecStart"].split() == [
         "/usr/bin/connect-agent",
         "run",
