@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -370,16 +371,11 @@ def load(
     overrides: Mapping[str, str] | None = None,
 ) -> Config:
     path = Path(path)
+    table = _parse(path, _read(path))
     try:
-        with path.open("rb") as f:
-            table = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such configuration file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    raw = _flatten(table)
+        raw = _flatten(table)
+    except RecursionError:
+        raise ConfigError(f"{path}: tables nested too deeply") from None
     for key in raw:
         if key not in FIELDS:
             raise ConfigError(f"{path}: unknown key '{key}'{_suggest(key)}")
@@ -400,6 +396,47 @@ def load(
             value = default
         values[key] = parser(value, _Ctx(path, key, from_text))
     return _build(path, values)
+
+
+MAX_FILE_BYTES = 1 << 20  # a real configuration is a few KiB
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes; never blocks (a FIFO) and never reads more than MAX_FILE_BYTES."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise ConfigError(f"{path}: cannot read: {kind}")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: too large ({info.st_size} bytes, at most {MAX_FILE_BYTES})")
+        data = os.read(fd, MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: too large (more than {MAX_FILE_BYTES} bytes)")
+    return data
+
+
+def _parse(path: Path, data: bytes) -> dict[str, Any]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
 
 
 def _suggest(key: str) -> str:
