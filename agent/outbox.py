@@ -18,6 +18,7 @@ Nothing here may lose a call:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -97,6 +98,8 @@ class Outbox:
         self.counters: dict[str, int] = {}
         self.healthy = True
         self._dirty = False  # rows deleted since the last WAL checkpoint
+        self._monotonic = time.monotonic
+        self._last_try = float("-inf")
 
     def _count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -104,6 +107,27 @@ class Outbox:
     # -- lifecycle --------------------------------------------------------------------------
 
     def open(self) -> Outbox:
+        """Open the database; never refuses for a storage reason.
+
+        A missing, unwritable, read-only or full state directory is a storage state: the
+        outbox then runs from memory (``storage == "memory"``), every call is still sent, and
+        the disk is tried again at most every ``RETRY_S`` (``retry_disk``), the messages held
+        in memory moving onto it once it works. Only a file that SQLite reports as corrupt, or
+        that fails its integrity check, is moved aside (after rescuing what can be read).
+        """
+        try:
+            self._open_disk()
+        except (OutboxError, OSError, sqlite3.Error) as exc:
+            self._count("open_errors")
+            self.healthy = False
+            self._db = None
+            log.error("outbox unavailable (%s); keeping calls in memory and retrying", exc)
+        self._last_try = self._monotonic()
+        if self._db is not None:
+            self.purge_expired()
+        return self
+
+    def _open_disk(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
@@ -111,6 +135,8 @@ class Outbox:
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc):
+                raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
             rescued = self._salvage()
             self._move_aside(exc)
             try:
@@ -124,8 +150,27 @@ class Outbox:
                 log.warning("outbox: %d message(s) rescued from the damaged file", len(rescued))
         except OSError as exc:
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
-        self.purge_expired()
-        return self
+
+    @property
+    def storage(self) -> str:
+        """``"disk"`` while the database works, ``"memory"`` while calls are held in memory."""
+        return "disk" if self._db is not None and not self._memory else "memory"
+
+    def retry_disk(self) -> bool:
+        """Try the disk again (at most every RETRY_S) and move what memory holds onto it."""
+        now = self._monotonic()
+        if now - self._last_try < RETRY_S:
+            return self._db is not None
+        self._last_try = now
+        if self._db is None:
+            try:
+                self._open_disk()
+            except (OutboxError, OSError, sqlite3.Error):
+                return False
+            log.info("outbox: the disk works again")
+        if self._memory:
+            self._flush_memory()
+        return self._db is not None and not self._memory
 
     def _connect(self) -> sqlite3.Connection:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -204,20 +249,30 @@ class Outbox:
             raise OutboxError("outbox is not open")
         return self._db
 
-    def _failed(self, what: str, exc: sqlite3.Error) -> None:
-        """A write or read failed: report it; a corrupt file is replaced at once."""
+    def _failed(self, what: str, exc: sqlite3.Error | OutboxError | OSError) -> None:
+        """A write or read failed: report it once per episode; a corrupt file is replaced."""
         self._count("write_errors")
         if self.healthy:
             log.error("outbox %s failed: %s; keeping messages in memory", what, exc)
         self.healthy = False
-        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
-            self.close()
+        if isinstance(exc, sqlite3.DatabaseError) and _is_corruption(exc):
+            rescued = [e for e in self._salvage() if e.id > 0]
+            self._drop_connection()  # never close(): its scrub would fail and land here again
             try:
                 self._move_aside(exc)
                 self._db = self._connect()
             except (sqlite3.Error, OSError) as again:
                 log.error("cannot replace the outbox: %s", again)
-                self._db = None
+                self._drop_connection()
+            for entry in rescued:  # keep them in memory; _flush_memory puts them on disk
+                self._memory[self._next_memory_id] = replace(entry, id=self._next_memory_id)
+                self._next_memory_id -= 1
+
+    def _drop_connection(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+        self._db = None
 
     def _flush_memory(self) -> None:
         """Try to put entries held in memory on disk, in order."""
@@ -264,11 +319,16 @@ class Outbox:
         Never raises for a disk problem: the message is then kept in memory and still sent.
         """
         entry = Entry(0, kind, incident_id, sequence, topic, payload, self._clock())
+        for held in self._memory.values():  # de-duplicated by key, as the disk's UNIQUE is
+            if (held.kind, held.incident_id, held.sequence) == (kind, incident_id, sequence):
+                return held
         if not self._make_room(entry):
             self._count("updates_dropped")
             log.warning("outbox full: update %s/%d not stored", incident_id, sequence)
             return entry
-        if self._memory:
+        if self._db is None:
+            self.retry_disk()
+        if self._memory and self._db is not None:
             self._flush_memory()
         try:
             return self._insert(entry)
@@ -279,6 +339,23 @@ class Outbox:
         self._memory[entry.id] = entry
         return entry
 
+    def _make_room_in_memory(self, entry: Entry) -> bool:
+        """The same bounds as on disk for what memory holds: only updates are evicted."""
+        while (
+            len(self._memory) + 1 > self.limits.max_rows
+            or sum(len(e.payload) for e in self._memory.values()) + len(entry.payload)
+            > self.limits.max_bytes
+        ):
+            updates = [k for k, e in self._memory.items() if e.kind == EVICTABLE]
+            if not updates:
+                if entry.kind == EVICTABLE:
+                    return False
+                self._count("over_limit")
+                return True
+            del self._memory[max(updates)]  # the oldest: memory ids count down
+            self._count("updates_evicted")
+        return True
+
     def _usage(self) -> tuple[int, int]:
         row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages")
         rows, size = row.fetchone()
@@ -286,6 +363,8 @@ class Outbox:
 
     def _make_room(self, entry: Entry) -> bool:
         """Evict the oldest updates until ``entry`` fits; False if an update does not fit."""
+        if self._db is None:
+            return self._make_room_in_memory(entry)
         try:
             rows, size = self._usage()
             while rows + 1 > self.limits.max_rows or size + len(entry.payload) > (
@@ -333,8 +412,10 @@ class Outbox:
         if entry_id < 0:
             self._memory.pop(entry_id, None)
             return
+        if self._db is None:
+            return
         try:
-            self.db.execute("DELETE FROM messages WHERE id=?", (entry_id,))
+            self._db.execute("DELETE FROM messages WHERE id=?", (entry_id,))
             self._dirty = True
         except sqlite3.Error as exc:
             self._failed("deleting", exc)
@@ -378,6 +459,10 @@ class Outbox:
     def purge_expired(self) -> int:
         """Delete messages and incidents older than the retention period; returns rows gone."""
         cutoff = self._clock() - self.limits.retention_s
+        if self._db is None or self._memory:
+            self.retry_disk()  # called periodically by the agent: the disk's retry tick too
+        if self._db is None:
+            return 0
         try:
             gone = self.db.execute("DELETE FROM messages WHERE created_at < ?", (cutoff,)).rowcount
             self.db.execute(
@@ -425,3 +510,17 @@ class Outbox:
             self._failed("reading incidents", exc)
             return None
         return None if row is None else StoredIncident(row[0], row[1], row[2], bool(row[3]))
+
+
+RETRY_S = 10.0  # how often a failed disk is tried again
+
+# SQLITE_CORRUPT and SQLITE_NOTADB: the file is damaged. "Full", "read-only" and "I/O error"
+# are storage states and never make the outbox move a file aside.
+_CORRUPTION_CODES = frozenset({11, 26})
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in _CORRUPTION_CODES
+    return not isinstance(exc, sqlite3.OperationalError)  # our integrity-check failure

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import stat
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -170,11 +173,55 @@ def test_memory_entry_acknowledged_before_the_disk_recovers(tmp_path: Path) -> N
         assert box.count() == 0
 
 
-def test_unwritable_state_directory_is_a_clear_error(tmp_path: Path) -> None:
+def test_unusable_state_directory_runs_from_memory_then_moves_to_disk(tmp_path: Path) -> None:
+    # A real fault: the state directory's parent is a regular file (ENOTDIR, even for root).
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(Exception, match="cannot create state directory"):
-        Outbox(blocker / "state").open()
+    box = Outbox(blocker / "state").open()
+    assert box.storage == "memory"
+    assert box.counters["open_errors"] == 1
+    call = box.add("request", ID1, 1, T, b"call")
+    assert [e.payload for e in box.pending()] == [b"call"]
+    box.remove(-999)  # unknown ids and disk-less removes never raise
+    assert box.purge_expired() == 0
+    blocker.unlink()  # the storage comes back
+    box._last_try = float("-inf")  # do not wait RETRY_S for the next try
+    box.add("cancel", ID1, 1, T, b"cancel")
+    assert box.storage == "disk"
+    assert [e.payload for e in box.pending()] == [b"call", b"cancel"]
+    assert all(e.id > 0 for e in box.pending())
+    box.remove(call.id)  # the in-memory id the uplink held is gone with the migration
+    box.close()
+    with Outbox(blocker / "state") as again:  # and it survives a restart
+        assert [e.payload for e in again.pending()] == [b"call", b"cancel"]
+
+
+def test_full_disk_at_start_is_not_mistaken_for_corruption(tmp_path: Path) -> None:
+    # A real full filesystem: a tiny tmpfs (as root; elsewhere this test cannot mount).
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)], check=False
+        ).returncode
+    ):
+        pytest.skip("needs root and mount(8) for a real full filesystem")
+    try:
+        (mnt / "filler").write_bytes(b"")
+        with contextlib.suppress(OSError), (mnt / "filler").open("wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        box = Outbox(mnt).open()
+        assert box.storage == "memory"
+        box.add("request", ID1, 1, T, b"call")
+        assert [e.payload for e in box.pending()] == [b"call"]
+        assert "replaced_corrupt" not in box.counters
+        assert not list(mnt.glob("*.corrupt-*"))
+        box.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_damaged_file_rescues_readable_messages(tmp_path: Path) -> None:
