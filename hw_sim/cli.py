@@ -19,6 +19,10 @@ import sys
 
 from agent.core.frames import ButtonState
 
+LINK_HELP = """commands on standard input: pass | delay MS [JITTER_MS] | loss FRACTION |
+  freeze | cut | status (see hw_sim/link.py)
+"""
+
 COMMANDS_HELP = """commands on standard input (one a line):
   hold MS                 press CONNECT for MS milliseconds
   press | release | fault the button state until changed
@@ -96,6 +100,15 @@ def _parser() -> argparse.ArgumentParser:
     broker = sub.add_parser("broker", help="the embedded MQTT broker (3.1.1 and 5)")
     broker.add_argument("--host", default="127.0.0.1")
     broker.add_argument("--port", type=int, default=1883)
+    link = sub.add_parser(
+        "link",
+        help="a TCP link simulator (delay, loss, freeze, cut) in front of a broker",
+        epilog=LINK_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    link.add_argument("--listen", type=int, required=True, metavar="PORT")
+    link.add_argument("--to", required=True, metavar="HOST:PORT")
+    link.add_argument("--mode", default="pass", help="first stdin command, e.g. 'delay 200 20'")
     return parser
 
 
@@ -114,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "console": _console,
         "serial-button": _serial_button,
         "ecu": _ecu,
+        "link": _link,
     }[args.command]
     try:
         asyncio.run(runner(args))
@@ -301,3 +315,32 @@ async def _ecu(args: argparse.Namespace) -> None:
     from hw_sim.ecu import DEFAULT_VIN, run_ecu  # noqa: PLC0415
 
     await run_ecu(args.interface, args.channel, vin=args.vin or DEFAULT_VIN)
+
+
+async def _link(args: argparse.Namespace) -> None:
+    from hw_sim.link import Link, parse_command  # noqa: PLC0415
+
+    host, _, port = args.to.rpartition(":")
+    async with Link(int(port), upstream_host=host or "127.0.0.1", port=args.listen) as link:
+        _out(f"link on 127.0.0.1:{link.port} -> {host}:{port}")
+        reader = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        line = args.mode
+        while True:
+            command = parse_command(line, link.mode)
+            if command == "freeze":
+                _out(f"froze {link.freeze()} connection(s)")
+            elif command == "cut":
+                _out(f"reset {link.cut()} connection(s)")
+            elif command == "status":
+                _out(f"{len(link.connections)} open, {link.accepted} accepted, {link.counters}")
+            elif command is not None and not isinstance(command, str):
+                link.set_mode(command)
+                _out(f"mode {command}")
+            elif line.strip():
+                _out(f"unknown command {line.strip()!r}")
+            raw = await reader.readline()
+            if not raw:  # stdin closed (started in the background): keep forwarding
+                await asyncio.Event().wait()
+            line = raw.decode(errors="replace")

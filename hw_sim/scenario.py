@@ -117,6 +117,7 @@ class Scenario:
         auto_ack: str | None = "received",
         ecu: bool = True,
         ecu_vin: str = VIN,
+        backend_port: int | None = None,  # the backend's own way to the broker (not a link's)
     ) -> None:
         self.directory = Path(directory)
         self.channel = channel or f"connect-sim-{os.getpid()}-{id(self)}"
@@ -135,7 +136,7 @@ class Scenario:
         self.config = config_module.load(self.config_path, environ={}, overrides=overrides)
         self.agent = Agent(self.config)
         self.backend = SimulatedBackend(
-            "127.0.0.1", mqtt_port, protocol=protocol, auto_ack=auto_ack
+            "127.0.0.1", backend_port or mqtt_port, protocol=protocol, auto_ack=auto_ack
         )
         self.bus = open_sim_bus(interface, self.channel)
         self.car = SimulatedCar(self.bus)
