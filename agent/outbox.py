@@ -341,10 +341,10 @@ class Outbox:
 
     def _make_room_in_memory(self, entry: Entry) -> bool:
         """The same bounds as on disk for what memory holds: only updates are evicted."""
+        size = sum(len(e.payload) for e in self._memory.values())
         while (
             len(self._memory) + 1 > self.limits.max_rows
-            or sum(len(e.payload) for e in self._memory.values()) + len(entry.payload)
-            > self.limits.max_bytes
+            or size + len(entry.payload) > self.limits.max_bytes
         ):
             updates = [k for k, e in self._memory.items() if e.kind == EVICTABLE]
             if not updates:
@@ -352,7 +352,7 @@ class Outbox:
                     return False
                 self._count("over_limit")
                 return True
-            del self._memory[max(updates)]  # the oldest: memory ids count down
+            size -= len(self._memory.pop(max(updates)).payload)  # the oldest: ids count down
             self._count("updates_evicted")
         return True
 

@@ -113,7 +113,7 @@ def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return repr(value).replace("inf", "inf").replace("nan", "nan")
+        return repr(value)  # inf and nan are TOML too
     if isinstance(value, str):
         return '"' + value.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
     if isinstance(value, list):
