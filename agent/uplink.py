@@ -133,8 +133,8 @@ class Uplink:
 
     def publish_status(self) -> None:
         client = self._client
-        if client is None or not self._connected:
-            return
+        if client is None or not self._connected or self._closing:
+            return  # once closing, the offline status is the last word (no Last Will follows)
         payload = json.dumps(self._status("online")).encode()
         client.publish(
             self.topics.status, payload, qos=1, retain=True, properties=self._json_properties()

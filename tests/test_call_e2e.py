@@ -183,6 +183,23 @@ async def test_status_is_retained_online_then_offline_after_stop(
     assert not position_like(retained)
 
 
+async def test_no_online_status_after_the_offline_one(
+    tmp_path: Path, mosquitto: Mosquitto, fake_gpsd: object
+) -> None:
+    """A backend ack or a GPS fix during the stop must not publish ``online`` after the offline
+    status: a clean stop sends no Last Will, so the retained status would say online for a car
+    whose agent is gone (seen in CI: the ack of a resumed call arrived while closing)."""
+    port = fake_gpsd.port  # type: ignore[attr-defined]
+    async with Scenario(tmp_path, mosquitto.port, port) as sim:
+        closing = asyncio.create_task(sim.agent.uplink.aclose())
+        await asyncio.sleep(0)  # offline is published, its PUBACK awaited
+        sim.agent.uplink.publish_status()  # what a status change during the stop does
+        await closing
+        await sim.backend.wait_status(VIN, "state", "offline", timeout=10)
+    retained = read_retained(mosquitto.port, f"assistance/v1/{VIN}/status")
+    assert retained["state"] == "offline"
+
+
 def position_like(document: object) -> list[str]:
     """Keys or numbers in ``document`` that could be a position (SPEC §6: none in status)."""
     found: list[str] = []

@@ -126,13 +126,14 @@ async def test_agent_killed_before_puback_then_restarted(
 def start_child(
     directory: Path, mqtt_port: int, gpsd_port: int, mode: str
 ) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(CHILD), str(directory), str(mqtt_port), str(gpsd_port), mode],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
+    with (directory / f"{mode}.log").open("a") as log:  # the child's log, kept beside its state
+        return subprocess.Popen(
+            [sys.executable, str(CHILD), str(directory), str(mqtt_port), str(gpsd_port), mode],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
 
 
 def close_pipes(child: subprocess.Popen[str]) -> None:
