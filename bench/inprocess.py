@@ -39,7 +39,6 @@ from types import TracebackType
 from typing import Any
 
 from agent import config as config_module
-from agent.app import Agent
 from agent.core.frames import CONNECT_LED, ButtonState, LedMode
 from agent.inputs.can_bus import open_bus
 from agent.inputs.uds import REQUEST_ID
@@ -62,6 +61,7 @@ from bench.common import (
 from hw_sim.car import LedObserver, SimulatedCar
 from hw_sim.ecu import SimulatedEcu
 from hw_sim.mosquitto import Mosquitto, free_port
+from hw_sim.observed import ObservedAgent as Agent
 from hw_sim.scenario import Scenario, config_text
 
 HOLD_MS = 100

@@ -15,8 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent import config
-from agent.app import Agent
 from hw_sim.car import SimulatedCar, open_sim_bus
+from hw_sim.observed import ObservedAgent as Agent
 from hw_sim.scenario import config_text
 
 

@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 
 from agent import config as config_module
 from agent import sdnotify
-from agent.app import Agent
 from agent.core.e2e import crc8_sae_j1850
 from agent.core.frames import (
     CONNECT_BUTTON,
@@ -49,6 +48,7 @@ from agent.tls import certificate_validity
 from hw_sim.car import dbc_path
 from hw_sim.gpsd import FakeGpsd
 from hw_sim.mosquitto import Mosquitto
+from hw_sim.observed import ObservedAgent as Agent
 from hw_sim.scenario import VIN, Scenario, config_text
 
 PURE = settings(max_examples=500, deadline=None)
@@ -165,7 +165,7 @@ def test_every_rejected_can_frame_is_counted_in_the_status(
         return result
 
     agent.matrix.decode = spy  # type: ignore[assignment,method-assign]
-    agent._cyclic.clear()  # an unchanged cyclic frame skips decoding: make every one new
+    agent.car._cyclic.clear()  # an unchanged cyclic frame skips decoding: make every one new
     before = counted(agent)
     try:
         agent.can._receive(message)  # the CAN adapter's entry: flags first, then the matrix

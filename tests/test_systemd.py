@@ -24,9 +24,9 @@ from peers import free_port, require, under_ci
 
 from agent import config as config_module
 from agent import sdnotify
-from agent.app import Agent
 from hw_sim.gpsd import FakeGpsd
 from hw_sim.mosquitto import Mosquitto
+from hw_sim.observed import ObservedAgent as Agent
 from hw_sim.scenario import Scenario, config_text
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,12 +29,12 @@ from peers import free_port, require, wait_listening
 
 from agent import config as config_module
 from agent import uplink as uplink_module
-from agent.app import Agent
 from agent.config import Config, MqttConfig
 from agent.core.frames import LedMode
 from agent.errors import ConfigError, UplinkError
 from agent.tls import CertificateTimeError, certificate_validity, check_tls_files, client_context
 from hw_sim.gpsd import FakeGpsd
+from hw_sim.observed import ObservedAgent as Agent
 from hw_sim.scenario import VIN, Scenario, config_text
 
 TIMEOUT = 15.0

@@ -20,7 +20,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from agent.core.frames import LedMode
 
@@ -180,3 +180,28 @@ def parse_ack(payload: bytes) -> Ack | str:
     if eta is not None and (isinstance(eta, bool) or not isinstance(eta, int) or eta < 0):
         return "bad_fields"
     return Ack(incident_id, str(status), message, eta)
+
+
+def resumed(
+    incident_id: str,
+    sequence: int,
+    *,
+    opened_wall: float,
+    acked: bool,
+    undelivered_wall: dict[int, float],
+    now: float,
+    wall_now: float,
+) -> Incident:
+    """An incident as it was when the agent stopped, moved onto this run's monotonic clock.
+
+    ``opened_wall`` and ``undelivered_wall`` (sequence -> when it was queued) are unix times
+    from the outbox; an age below zero (the wall clock went back) counts as zero.
+    """
+    return Incident(
+        incident_id,
+        opened_at=now - max(0.0, wall_now - opened_wall),
+        opened_utc=datetime.fromtimestamp(opened_wall, UTC),
+        sequence=sequence,
+        acked=acked,
+        undelivered={seq: now - (wall_now - at) for seq, at in undelivered_wall.items()},
+    )

@@ -174,3 +174,34 @@ def update_due(
     if lat1 is None or lon1 is None or lat2 is None or lon2 is None:
         return (lat1, lon1) != (lat2, lon2)
     return distance_m(lat1, lon1, lat2, lon2) > UPDATE_MOVE_M
+
+
+CAN_STATES = ("ok", "error", "down")  # what the status schema allows besides "unknown"
+
+
+def build_status(
+    state: str,
+    *,
+    since: str,
+    version: str,
+    button: str,
+    gps: str,
+    can: str,
+    open_incident: str | None,
+    outbox_pending: int,
+    oldest_pending_s: float | None,
+    counters: dict[str, int],
+) -> dict[str, Any]:
+    """The retained status document (SPEC §6): health and counters, never a position."""
+    return {
+        "state": state,
+        "since": since,
+        "version": version,
+        "button": button,
+        "gps": gps,
+        "can": can if can in CAN_STATES else "unknown",
+        "open_incident": open_incident,
+        "outbox_pending": outbox_pending,
+        "oldest_pending_s": None if oldest_pending_s is None else round(oldest_pending_s, 1),
+        "counters": {name: n for name, n in sorted(counters.items()) if n},
+    }
