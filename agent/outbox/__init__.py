@@ -20,65 +20,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
 from agent.errors import OutboxError
+from agent.outbox import sqlite as sqlite_file
+from agent.outbox.entries import EVICTABLE, Entry, Limits, StoredIncident
+from agent.outbox.memory import MemoryQueue
+from agent.outbox.sqlite import FILENAME
+
+__all__ = ["FILENAME", "RETRY_S", "Entry", "Limits", "Outbox", "StoredIncident"]
+
+RETRY_S = 10.0  # how often a failed disk is tried again
 
 log = logging.getLogger("agent.outbox")
-
-FILENAME = "outbox.sqlite3"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    incident_id TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    UNIQUE (kind, incident_id, sequence)
-);
-CREATE TABLE IF NOT EXISTS incidents (
-    incident_id TEXT PRIMARY KEY,
-    sequence INTEGER NOT NULL,
-    opened_at REAL NOT NULL,
-    acked INTEGER NOT NULL DEFAULT 0,
-    closed_at REAL
-);
-"""
-EVICTABLE = "update"
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    id: int  # negative: held in memory because the disk refused it
-    kind: str  # "request" | "cancel" | "update"
-    incident_id: str
-    sequence: int
-    topic: str
-    payload: bytes
-    created_at: float  # unix time
-
-
-@dataclass(frozen=True, slots=True)
-class StoredIncident:
-    incident_id: str
-    sequence: int
-    opened_at: float  # unix time
-    acked: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_rows: int = 1000
-    max_bytes: int = 8 * 1024 * 1024
-    retention_s: float = 7 * 86400
 
 
 class Outbox:
@@ -93,8 +52,7 @@ class Outbox:
         self.limits = limits or Limits()
         self._clock = clock
         self._db: sqlite3.Connection | None = None
-        self._memory: dict[int, Entry] = {}  # entries the disk refused, by negative id
-        self._next_memory_id = -1
+        self._memory = MemoryQueue(self.limits)  # what the disk refused
         self.counters: dict[str, int] = {}
         self.healthy = True
         self._dirty = False  # rows deleted since the last WAL checkpoint
@@ -102,7 +60,8 @@ class Outbox:
         self._last_try = float("-inf")
 
     def _count(self, name: str, n: int = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + n
+        if n:
+            self.counters[name] = self.counters.get(name, 0) + n
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -133,14 +92,14 @@ class Outbox:
         except OSError as exc:
             raise OutboxError(f"cannot create state directory {self.path.parent}: {exc}") from exc
         try:
-            self._db = self._connect()
+            self._db = sqlite_file.connect(self.path)
         except sqlite3.DatabaseError as exc:
-            if not _is_corruption(exc):
+            if not sqlite_file.is_corruption(exc):
                 raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
-            rescued = self._salvage()
+            rescued = sqlite_file.salvage(self.path)
             self._move_aside(exc)
             try:
-                self._db = self._connect()
+                self._db = sqlite_file.connect(self.path)
             except sqlite3.Error as again:
                 raise OutboxError(f"cannot create outbox {self.path}: {again}") from again
             for entry in rescued:
@@ -172,54 +131,8 @@ class Outbox:
             self._flush_memory()
         return self._db is not None and not self._memory
 
-    def _connect(self) -> sqlite3.Connection:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-        os.chmod(self.path, 0o600)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA secure_delete=ON")
-            result = db.execute("PRAGMA quick_check").fetchone()
-            if result is None or result[0] != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {result}")
-            db.executescript(_SCHEMA)
-        except sqlite3.Error:
-            db.close()
-            raise
-        for suffix in ("-wal", "-shm"):
-            side = Path(str(self.path) + suffix)
-            if side.exists():
-                os.chmod(side, 0o600)
-        return db
-
-    def _salvage(self) -> list[Entry]:
-        """Read what can still be read from a damaged database, read-only."""
-        try:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-        except sqlite3.Error:
-            return []
-        try:
-            rows = db.execute(
-                "SELECT id, kind, incident_id, sequence, topic, payload, created_at "
-                "FROM messages ORDER BY id"
-            ).fetchall()
-            return [Entry(*row) for row in rows]
-        except (sqlite3.Error, TypeError):
-            return []
-        finally:
-            db.close()
-
     def _move_aside(self, reason: Exception) -> None:
-        n = 1
-        while (aside := self.path.with_name(f"{self.path.name}.corrupt-{n}")).exists():
-            n += 1
-        log.error("outbox %s is unusable (%s); moved aside to %s", self.path, reason, aside.name)
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                src.rename(Path(str(aside) + suffix))
+        sqlite_file.move_aside(self.path, reason)
         self._count("replaced_corrupt")
 
     def close(self) -> None:
@@ -255,18 +168,17 @@ class Outbox:
         if self.healthy:
             log.error("outbox %s failed: %s; keeping messages in memory", what, exc)
         self.healthy = False
-        if isinstance(exc, sqlite3.DatabaseError) and _is_corruption(exc):
-            rescued = [e for e in self._salvage() if e.id > 0]
+        if isinstance(exc, sqlite3.DatabaseError) and sqlite_file.is_corruption(exc):
+            rescued = [e for e in sqlite_file.salvage(self.path) if e.id > 0]
             self._drop_connection()  # never close(): its scrub would fail and land here again
             try:
                 self._move_aside(exc)
-                self._db = self._connect()
+                self._db = sqlite_file.connect(self.path)
             except (sqlite3.Error, OSError) as again:
                 log.error("cannot replace the outbox: %s", again)
                 self._drop_connection()
             for entry in rescued:  # keep them in memory; _flush_memory puts them on disk
-                self._memory[self._next_memory_id] = replace(entry, id=self._next_memory_id)
-                self._next_memory_id -= 1
+                self._memory.hold(entry)
 
     def _drop_connection(self) -> None:
         if self._db is not None:
@@ -276,12 +188,12 @@ class Outbox:
 
     def _flush_memory(self) -> None:
         """Try to put entries held in memory on disk, in order."""
-        for memory_id, entry in sorted(self._memory.items(), reverse=True):
+        for entry in list(self._memory):
             try:
                 self._insert(entry)
             except sqlite3.Error:
                 return
-            del self._memory[memory_id]
+            self._memory.remove(entry.id)
             log.info(
                 "outbox: %s %s/%d written to disk", entry.kind, entry.incident_id, entry.sequence
             )
@@ -319,9 +231,9 @@ class Outbox:
         Never raises for a disk problem: the message is then kept in memory and still sent.
         """
         entry = Entry(0, kind, incident_id, sequence, topic, payload, self._clock())
-        for held in self._memory.values():  # de-duplicated by key, as the disk's UNIQUE is
-            if (held.kind, held.incident_id, held.sequence) == (kind, incident_id, sequence):
-                return held
+        held = self._memory.find(kind, incident_id, sequence)
+        if held is not None:  # de-duplicated by key, as the disk's UNIQUE is
+            return held
         if not self._make_room(entry):
             self._count("updates_dropped")
             log.warning("outbox full: update %s/%d not stored", incident_id, sequence)
@@ -334,27 +246,7 @@ class Outbox:
             return self._insert(entry)
         except sqlite3.Error as exc:
             self._failed(f"storing {kind} {incident_id}/{sequence}", exc)
-        entry = replace(entry, id=self._next_memory_id)
-        self._next_memory_id -= 1
-        self._memory[entry.id] = entry
-        return entry
-
-    def _make_room_in_memory(self, entry: Entry) -> bool:
-        """The same bounds as on disk for what memory holds: only updates are evicted."""
-        size = sum(len(e.payload) for e in self._memory.values())
-        while (
-            len(self._memory) + 1 > self.limits.max_rows
-            or size + len(entry.payload) > self.limits.max_bytes
-        ):
-            updates = [k for k, e in self._memory.items() if e.kind == EVICTABLE]
-            if not updates:
-                if entry.kind == EVICTABLE:
-                    return False
-                self._count("over_limit")
-                return True
-            size -= len(self._memory.pop(max(updates)).payload)  # the oldest: ids count down
-            self._count("updates_evicted")
-        return True
+        return self._memory.hold(entry)
 
     def _usage(self) -> tuple[int, int]:
         row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages")
@@ -364,7 +256,10 @@ class Outbox:
     def _make_room(self, entry: Entry) -> bool:
         """Evict the oldest updates until ``entry`` fits; False if an update does not fit."""
         if self._db is None:
-            return self._make_room_in_memory(entry)
+            room, evicted = self._memory.make_room(entry)
+            self._count("updates_evicted", evicted)
+            self._count("over_limit", room == "over")
+            return room != "refused"
         try:
             rows, size = self._usage()
             while rows + 1 > self.limits.max_rows or size + len(entry.payload) > (
@@ -397,20 +292,18 @@ class Outbox:
         entries: list[Entry] = []
         if self._db is not None:
             try:
-                rows = self._db.execute(
-                    "SELECT id, kind, incident_id, sequence, topic, payload, created_at "
-                    "FROM messages ORDER BY id"
-                ).fetchall()
+                query = f"SELECT {sqlite_file.COLUMNS} FROM messages ORDER BY id"
+                rows = self._db.execute(query).fetchall()
                 entries = [Entry(*row) for row in rows]
             except sqlite3.Error as exc:
                 self._failed("reading", exc)
-        entries += sorted(self._memory.values(), key=lambda e: -e.id)
+        entries += self._memory
         return entries
 
     def remove(self, entry_id: int) -> None:
         """The broker acknowledged the message (PUBACK): it is no longer ours to keep."""
         if entry_id < 0:
-            self._memory.pop(entry_id, None)
+            self._memory.remove(entry_id)
             return
         if self._db is None:
             return
@@ -446,7 +339,8 @@ class Outbox:
         return disk + len(self._memory)
 
     def oldest_created_at(self) -> float | None:
-        times = [e.created_at for e in self._memory.values()]
+        oldest = self._memory.oldest_created_at()
+        times = [] if oldest is None else [oldest]
         if self._db is not None:
             try:
                 row = self._db.execute("SELECT MIN(created_at) FROM messages").fetchone()
@@ -510,17 +404,3 @@ class Outbox:
             self._failed("reading incidents", exc)
             return None
         return None if row is None else StoredIncident(row[0], row[1], row[2], bool(row[3]))
-
-
-RETRY_S = 10.0  # how often a failed disk is tried again
-
-# SQLITE_CORRUPT and SQLITE_NOTADB: the file is damaged. "Full", "read-only" and "I/O error"
-# are storage states and never make the outbox move a file aside.
-_CORRUPTION_CODES = frozenset({11, 26})
-
-
-def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return (code & 0xFF) in _CORRUPTION_CODES
-    return not isinstance(exc, sqlite3.OperationalError)  # our integrity-check failure

@@ -1,0 +1,98 @@
+"""The outbox's SQLite file: opened durable and private, checked, and when SQLite says it is
+damaged, read for what can be rescued and moved aside."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+from agent.outbox.entries import Entry
+
+log = logging.getLogger("agent.outbox")
+
+FILENAME = "outbox.sqlite3"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (kind, incident_id, sequence)
+);
+CREATE TABLE IF NOT EXISTS incidents (
+    incident_id TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL,
+    opened_at REAL NOT NULL,
+    acked INTEGER NOT NULL DEFAULT 0,
+    closed_at REAL
+);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (or create) the database, mode 0600, WAL, synced, checked; raises sqlite3.Error."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA secure_delete=ON")
+        result = db.execute("PRAGMA quick_check").fetchone()
+        if result is None or result[0] != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {result}")
+        db.executescript(_SCHEMA)
+    except sqlite3.Error:
+        db.close()
+        raise
+    for suffix in ("-wal", "-shm"):
+        side = Path(str(path) + suffix)
+        if side.exists():
+            os.chmod(side, 0o600)
+    return db
+
+
+def salvage(path: Path) -> list[Entry]:
+    """Read what can still be read from a damaged database, read-only."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return []
+    try:
+        rows = db.execute(f"SELECT {COLUMNS} FROM messages ORDER BY id").fetchall()
+        return [Entry(*row) for row in rows]
+    except (sqlite3.Error, TypeError):
+        return []
+    finally:
+        db.close()
+
+
+def move_aside(path: Path, reason: Exception) -> None:
+    """Rename the file (and its WAL and SHM) to the first free ``*.corrupt-N``."""
+    n = 1
+    while (aside := path.with_name(f"{path.name}.corrupt-{n}")).exists():
+        n += 1
+    log.error("outbox %s is unusable (%s); moved aside to %s", path, reason, aside.name)
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(path) + suffix)
+        if src.exists():
+            src.rename(Path(str(aside) + suffix))
+
+
+COLUMNS = "id, kind, incident_id, sequence, topic, payload, created_at"
+# SQLITE_CORRUPT and SQLITE_NOTADB: the file is damaged. "Full", "read-only" and "I/O error"
+# are storage states and never make the outbox move a file aside.
+_CORRUPTION_CODES = frozenset({11, 26})
+
+
+def is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in _CORRUPTION_CODES
+    return not isinstance(exc, sqlite3.OperationalError)  # our integrity-check failure
