@@ -263,7 +263,7 @@ class Agent:
                 self._store(self.policy.cancel(action))
                 self.outbox.close_incident(action.incident_id)
                 log.info("call %s cancelled by the driver", action.incident_id)
-        self.uplink.kick()
+        self.uplink.kick(urgent=True)
         if self._loop is not None:  # fresh codes for the operator, once the call is out
             self._loop.call_later(DTC_AFTER_CALL_S, self.car.read_dtcs)
 

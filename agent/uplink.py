@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Callable
 from functools import partial
@@ -38,6 +39,17 @@ from agent.tls import client_context
 log = logging.getLogger("agent.uplink")
 
 CONNACK_TIMEOUT_S = 10.0
+PUBLISH_TIMEOUT_S = 3.0  # a request or cancel without PUBACK by then: the path is dead
+URGENT = ("request", "cancel")  # what the driver is waiting for
+# The kernel's own watch on the MQTT socket: a probe after 10 s of silence, 3 probes 5 s
+# apart; unacknowledged data for 20 s ends the connection. Bounded, on any link.
+TCP_KEEPALIVE = ((socket.SO_KEEPALIVE, 1),)
+TCP_OPTIONS = (
+    (socket.TCP_KEEPIDLE, 10),
+    (socket.TCP_KEEPINTVL, 5),
+    (socket.TCP_KEEPCNT, 3),
+    (socket.TCP_USER_TIMEOUT, 20_000),
+)
 
 
 class UplinkEvents(Protocol):
@@ -78,8 +90,10 @@ class Uplink:
         status: Callable[[str], dict[str, Any]],
         *,
         rng: random.Random | None = None,
+        publish_timeout_s: float = PUBLISH_TIMEOUT_S,
     ) -> None:
         self.cfg = cfg
+        self.publish_timeout_s = publish_timeout_s
         self.vin = vin
         self.topics = Topics(cfg.topic_root, vin)
         self.outbox = outbox
@@ -95,8 +109,10 @@ class Uplink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
         self._closing = False  # aclose() asked for the disconnect
+        self._urgent = False  # the last connection died under a call: reconnect at once
         self._last_error: str | None = None  # paho's last error line on this connection
         self._waiters: dict[int, asyncio.Future[None]] = {}  # status mid -> its PUBACK
+        self._wake = asyncio.Event()  # something urgent to send while disconnected
         self.connects = 0
         self.attempts = 0
         self.counters: dict[str, int] = {}
@@ -107,10 +123,15 @@ class Uplink:
 
     # -- public operations ------------------------------------------------------------------
 
-    def kick(self) -> None:
-        """Publish every pending outbox message not yet sent on this connection."""
+    def kick(self, urgent: bool = False) -> None:
+        """Publish every pending outbox message not yet sent on this connection.
+
+        ``urgent`` (a press): while disconnected, try to connect now, not after the backoff.
+        """
         client = self._client
         if client is None or not self._connected:
+            if urgent:
+                self._wake.set()
             return
         for entry in self.outbox.pending():
             if entry.id in self._sent:
@@ -129,7 +150,30 @@ class Uplink:
                 break
             self._inflight[info.mid] = entry
             self._sent.add(entry.id)
+            if entry.kind in URGENT and self._loop is not None:
+                self._loop.call_later(self.publish_timeout_s, self._deadline, client, info.mid)
         self._flush(client)
+
+    def _deadline(self, client: mqtt.Client, mid: int) -> None:
+        """No PUBACK within ``publish_timeout_s``: drop this connection and connect again.
+
+        On a path that died silently (a NAT mapping gone, the cell lost) TCP reports nothing
+        and MQTT's keep-alive notices only after 1.5 x keepalive_s; the call cannot wait that
+        long. The message stays in the outbox and goes out again on the next connection.
+        """
+        entry = self._inflight.get(mid)
+        if client is not self._client or entry is None:
+            return
+        self.counters["publish_timeouts"] = self.counters.get("publish_timeouts", 0) + 1
+        log.warning(
+            "no PUBACK for %s %s/%d within %.1f s: the connection is dead, reconnecting",
+            entry.kind,
+            entry.incident_id,
+            entry.sequence,
+            self.publish_timeout_s,
+        )
+        self._urgent = True
+        self._lost()
 
     def publish_status(self) -> None:
         client = self._client
@@ -149,6 +193,7 @@ class Uplink:
         failures = 0
         try:
             while True:
+                self._wake.clear()
                 try:
                     await self._serve_once()
                     delays = backoff_delays(*backoff)  # it worked: start over
@@ -163,11 +208,18 @@ class Uplink:
                             failures,
                             exc,
                         )
-                delay = next(delays)
                 self.attempts += 1
                 self.events.on_connection(False)
+                if self._urgent or self._wake.is_set():  # a call waits: no backoff, once
+                    self._urgent = False
+                    delays = backoff_delays(*backoff)
+                    log.info("reconnecting to MQTT now: a call is waiting")
+                    continue
+                delay = next(delays)
                 log.debug("reconnecting to MQTT in %.1f s", delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()  # a press cuts the wait short
         finally:
             self._teardown()
 
@@ -319,6 +371,11 @@ class Uplink:
     # -- paho callbacks (socket ones may come from the connect thread) ----------------------
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # not every socket is TCP
+            for option, value in TCP_KEEPALIVE:
+                sock.setsockopt(socket.SOL_SOCKET, option, value)
+            for option, value in TCP_OPTIONS:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._watch, client, sock.fileno())
 

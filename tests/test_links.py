@@ -1,0 +1,98 @@
+"""The call gets through on the links a car has (issue 15), against a real Mosquitto.
+
+The agent reaches the broker through ``hw_sim.link.Link``, a relay on real sockets; the
+backend has its own direct connection. A frozen link is a path that died without a word:
+no FIN, no RST, nothing forwarded, while a new connection works (a new NAT mapping).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.core.frames import LedMode
+from hw_sim.backend import SimulatedBackend
+from hw_sim.gpsd import FakeGpsd
+from hw_sim.link import Link
+from hw_sim.mosquitto import Mosquitto
+from hw_sim.scenario import Scenario
+
+pytestmark = pytest.mark.asyncio
+
+
+def assert_once(backend: SimulatedBackend, incident_id: str) -> None:
+    """Only this call arrived; any duplicate carries the same (incident_id, sequence)."""
+    keys = {(r.payload["incident_id"], r.payload["sequence"]) for r in backend.of_kind("request")}
+    assert keys == {(incident_id, 1)}
+    assert backend.invalid == []
+
+
+async def test_a_request_into_a_frozen_link_is_delivered_on_a_new_connection(
+    tmp_path: Path, mosquitto: Mosquitto, fake_gpsd: FakeGpsd
+) -> None:
+    """The MQTT keep-alive would notice after 1.5 x 20 s; the publish deadline (3 s) does."""
+    async with (
+        Link(mosquitto.port) as link,
+        Scenario(tmp_path, link.port, fake_gpsd.port, backend_port=mosquitto.port) as sim,
+    ):
+        await sim.agent.wait_until(lambda: sim.agent.uplink.connected, 10)
+        assert link.freeze() == 1  # the agent's connection, silently dead
+        connects = sim.agent.uplink.connects
+        await sim.car.hold(2100)
+        threshold = time.monotonic() - 0.1
+        [request] = await sim.backend.wait_for("request", 1, timeout=15)
+        arrived = request.at - threshold
+        await sim.led.wait_for(LedMode.CONNECTED, timeout=10)
+        assert sim.agent.uplink.counters["publish_timeouts"] >= 1
+        assert sim.agent.uplink.connects > connects  # a new connection carried it
+        call = sim.agent.calls[0]
+    assert_once(sim.backend, call.incident_id)
+    assert arrived < 12  # the deadline and an immediate reconnect, not the keep-alive
+
+
+async def test_a_press_while_disconnected_connects_at_once(
+    tmp_path: Path, mosquitto: Mosquitto, fake_gpsd: FakeGpsd
+) -> None:
+    """A broker back while the agent sleeps a long backoff (up to 60 s): the press does not
+    wait for the end of it."""
+    overrides = {"mqtt.reconnect_min_s": "60", "mqtt.reconnect_max_s": "600"}
+    async with Scenario(tmp_path, mosquitto.port, fake_gpsd.port, overrides=overrides) as sim:
+        await sim.agent.wait_until(lambda: sim.agent.uplink.connected, 10)
+        attempts = sim.agent.uplink.attempts
+        await mosquitto.stop()
+        await sim.agent.wait_until(lambda: sim.agent.uplink.attempts > attempts, 10)
+        await mosquitto.start()  # back, but the agent sleeps its backoff
+        held = time.monotonic()
+        await sim.car.hold(2100)
+        [request] = await sim.backend.wait_for("request", 1, timeout=30)
+        waited = request.at - held
+        call = sim.agent.calls[0]
+    assert_once(sim.backend, call.incident_id)
+    assert waited < 8  # 2.1 s of holding and a connect; the backoff would be U(0, 60) s
+
+
+async def test_the_mqtt_socket_is_watched_by_the_kernel_too(
+    tmp_path: Path, mosquitto: Mosquitto, fake_gpsd: FakeGpsd
+) -> None:
+    """TCP keep-alive (10 s idle, 3 probes 5 s apart) and TCP_USER_TIMEOUT (20 s): a dead path
+    ends the connection in bounded time even with nothing urgent in flight."""
+    async with Scenario(tmp_path, mosquitto.port, fake_gpsd.port) as sim:
+        await sim.agent.wait_until(lambda: sim.agent.uplink.connected, 10)
+        client = sim.agent.uplink._client
+        assert client is not None
+        sock = client.socket()
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        tcp = {
+            name: sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, name))
+            for name in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT")
+        }
+    assert tcp == {
+        "TCP_KEEPIDLE": 10,
+        "TCP_KEEPINTVL": 5,
+        "TCP_KEEPCNT": 3,
+        "TCP_USER_TIMEOUT": 20_000,
+    }
