@@ -1,8 +1,7 @@
 """MQTT uplink through paho-mqtt, driven by the asyncio event loop (no paho thread).
 
-paho does the protocol; this adapter only moves bytes: the socket is watched with
-``loop.add_reader``/``add_writer`` and paho's ``loop_read``/``loop_write`` run from there, as
-aiomqtt does. Every connection attempt uses a fresh paho client, and the outbox is the one
+paho does the protocol; :mod:`agent.paho_loop` moves its bytes on the event loop, as aiomqtt
+does. Every connection attempt uses a fresh paho client, and the outbox is the one
 source of truth for what still has to go out: after each CONNACK every pending message is
 published again (QoS 1 allows the duplicate; it carries the same incident id and sequence).
 
@@ -18,7 +17,6 @@ import contextlib
 import json
 import logging
 import random
-import socket
 import ssl
 from collections.abc import Callable
 from functools import partial
@@ -34,6 +32,7 @@ from agent.backoff import backoff_delays
 from agent.config import MqttConfig
 from agent.errors import ConfigError, UplinkError
 from agent.outbox import Entry, Outbox
+from agent.paho_loop import PahoOnLoop
 from agent.tls import client_context
 
 log = logging.getLogger("agent.uplink")
@@ -41,15 +40,6 @@ log = logging.getLogger("agent.uplink")
 CONNACK_TIMEOUT_S = 10.0
 PUBLISH_TIMEOUT_S = 3.0  # a request or cancel without PUBACK by then: the path is dead
 URGENT = ("request", "cancel")  # what the driver is waiting for
-# The kernel's own watch on the MQTT socket: a probe after 10 s of silence, 3 probes 5 s
-# apart; unacknowledged data for 20 s ends the connection. Bounded, on any link.
-TCP_KEEPALIVE = ((socket.SO_KEEPALIVE, 1),)
-TCP_OPTIONS = (
-    (socket.TCP_KEEPIDLE, 10),
-    (socket.TCP_KEEPINTVL, 5),
-    (socket.TCP_KEEPCNT, 3),
-    (socket.TCP_USER_TIMEOUT, 20_000),
-)
 
 
 class UplinkEvents(Protocol):
@@ -107,7 +97,7 @@ class Uplink:
         self._disconnected: asyncio.Future[None] | None = None
         self._connack: asyncio.Future[bool] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._fd: int | None = None
+        self._io: PahoOnLoop | None = None  # the current client's I/O on the loop
         self._closing = False  # aclose() asked for the disconnect
         self._urgent = False  # the last connection died under a call: reconnect at once
         self._last_error: str | None = None  # paho's last error line on this connection
@@ -152,7 +142,7 @@ class Uplink:
             self._sent.add(entry.id)
             if entry.kind in URGENT and self._loop is not None:
                 self._loop.call_later(self.publish_timeout_s, self._deadline, client, info.mid)
-        self._flush(client)
+        self._flush()
 
     def _deadline(self, client: mqtt.Client, mid: int) -> None:
         """No PUBACK within ``publish_timeout_s``: drop this connection and connect again.
@@ -183,7 +173,7 @@ class Uplink:
         client.publish(
             self.topics.status, payload, qos=1, retain=True, properties=self._json_properties()
         )
-        self._flush(client)
+        self._flush()
 
     async def run(self) -> None:
         """Connect, serve, reconnect with backoff: forever, until cancelled."""
@@ -237,14 +227,14 @@ class Uplink:
             )
             published = asyncio.get_running_loop().create_future()
             self._waiters[info.mid] = published
-            self._flush(client)
+            self._flush()
             async with asyncio.timeout(timeout):
                 await asyncio.wait(
                     [published, self._disconnected or published],
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             client.disconnect()
-            self._flush(client)
+            self._flush()
         except TimeoutError:
             log.warning("offline status not acknowledged within %.1f s", timeout)
         finally:
@@ -271,10 +261,6 @@ class Uplink:
         )
         if self.cfg.tls:
             client.tls_set_context(tls_context(self.cfg))
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_register_write
-        client.on_socket_unregister_write = self._on_unregister_write
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -286,6 +272,7 @@ class Uplink:
         loop = asyncio.get_running_loop()
         client = self._new_client()
         self._client = client
+        self._io = PahoOnLoop(loop, client, self._lost)
         self._inflight.clear()
         self._sent.clear()
         self._disconnected = loop.create_future()
@@ -329,29 +316,18 @@ class Uplink:
                 self.events.on_connection(False)
 
     def _teardown(self) -> None:
-        client, self._client = self._client, None
+        io, self._io = self._io, None
+        self._client = None
         self._connected = False
-        if client is not None:
-            client.on_disconnect = None
-            sock = client.socket()
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.close()
-        self._forget_fd()
+        if io is not None:
+            io.close()
         self._inflight.clear()
         self._sent.clear()
         self._waiters.clear()
 
-    def _forget_fd(self) -> None:
-        if self._fd is not None and self._loop is not None:
-            self._loop.remove_reader(self._fd)
-            self._loop.remove_writer(self._fd)
-        self._fd = None
-
-    def _flush(self, client: mqtt.Client) -> None:
-        """Write what paho queued right away instead of waiting for the writer callback."""
-        if client.want_write():
-            client.loop_write()
+    def _flush(self) -> None:
+        if self._io is not None:
+            self._io.flush()
 
     def _json_properties(self, packet: int = PacketTypes.PUBLISH) -> Properties | None:
         if self.cfg.protocol != "5":
@@ -369,56 +345,6 @@ class Uplink:
         return props
 
     # -- paho callbacks (socket ones may come from the connect thread) ----------------------
-
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # not every socket is TCP
-            for option, value in TCP_KEEPALIVE:
-                sock.setsockopt(socket.SOL_SOCKET, option, value)
-            for option, value in TCP_OPTIONS:
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._watch, client, sock.fileno())
-
-    def _watch(self, client: mqtt.Client, fd: int) -> None:
-        if client is not self._client:
-            return
-        self._fd = fd
-        assert self._loop is not None
-        self._loop.add_reader(fd, self._readable, client)
-
-    def _readable(self, client: mqtt.Client) -> None:
-        try:
-            client.loop_read()
-        except (OSError, ssl.SSLError) as exc:
-            log.warning("MQTT read failed: %s", exc)
-            self._lost()
-
-    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        if client is self._client:
-            self._forget_fd()
-
-    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._watch_write, client, sock.fileno())
-
-    def _watch_write(self, client: mqtt.Client, fd: int) -> None:
-        if client is self._client and self._loop is not None and fd == self._fd:
-            self._loop.add_writer(fd, self._writable, client)
-
-    def _writable(self, client: mqtt.Client) -> None:
-        try:
-            client.loop_write()
-        except (OSError, ssl.SSLError) as exc:
-            log.warning("MQTT write failed: %s", exc)
-            self._lost()
-
-    def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        if client is self._client and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._unwatch_write, sock.fileno())
-
-    def _unwatch_write(self, fd: int) -> None:
-        if self._loop is not None and fd == self._fd:
-            self._loop.remove_writer(fd)
 
     def _lost(self) -> None:
         if self._disconnected is not None and not self._disconnected.done():

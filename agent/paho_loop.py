@@ -1,0 +1,114 @@
+"""paho-mqtt's network I/O on the asyncio event loop, for one client (no paho thread).
+
+The socket is watched with ``loop.add_reader``/``add_writer`` and paho's ``loop_read`` /
+``loop_write`` run from there, as aiomqtt does. paho's socket callbacks may come from the
+thread that runs the blocking ``connect()``; they are handed to the loop. Each socket gets the
+kernel's own watch on a dead path: TCP keep-alive and ``TCP_USER_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+log = logging.getLogger("agent.uplink")
+
+# A probe after 10 s of silence, 3 probes 5 s apart; data unacknowledged for 20 s ends the
+# connection. Bounded, on any link.
+TCP_KEEPALIVE = ((socket.SO_KEEPALIVE, 1),)
+TCP_OPTIONS = (
+    (socket.TCP_KEEPIDLE, 10),
+    (socket.TCP_KEEPINTVL, 5),
+    (socket.TCP_KEEPCNT, 3),
+    (socket.TCP_USER_TIMEOUT, 20_000),
+)
+
+
+class PahoOnLoop:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, client: mqtt.Client, on_lost: Callable[[], None]
+    ) -> None:
+        self._loop = loop
+        self.client = client
+        self._on_lost = on_lost
+        self._fd: int | None = None
+        self._closed = False
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+
+    def flush(self) -> None:
+        """Write what paho queued right away instead of waiting for the writer callback."""
+        if not self._closed and self.client.want_write():
+            self.client.loop_write()
+
+    def close(self) -> None:
+        """Stop watching and close the socket (no DISCONNECT: see Uplink.aclose); idempotent."""
+        self._closed = True
+        self.client.on_disconnect = None
+        sock = self.client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._forget_fd()
+
+    def _forget_fd(self) -> None:
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        self._fd = None
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # not every socket is TCP
+            for option, value in TCP_KEEPALIVE:
+                sock.setsockopt(socket.SOL_SOCKET, option, value)
+            for option, value in TCP_OPTIONS:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+        self._loop.call_soon_threadsafe(self._watch, sock.fileno())
+
+    def _watch(self, fd: int) -> None:
+        if self._closed:
+            return
+        self._fd = fd
+        self._loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            self.client.loop_read()
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("MQTT read failed: %s", exc)
+            self._on_lost()
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if not self._closed:
+            self._forget_fd()
+
+    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._loop.call_soon_threadsafe(self._watch_write, sock.fileno())
+
+    def _watch_write(self, fd: int) -> None:
+        if not self._closed and fd == self._fd:
+            self._loop.add_writer(fd, self._writable)
+
+    def _writable(self) -> None:
+        try:
+            self.client.loop_write()
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("MQTT write failed: %s", exc)
+            self._on_lost()
+
+    def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if not self._closed:
+            self._loop.call_soon_threadsafe(self._unwatch_write, sock.fileno())
+
+    def _unwatch_write(self, fd: int) -> None:
+        if fd == self._fd:
+            self._loop.remove_writer(fd)
