@@ -44,6 +44,7 @@ log = logging.getLogger("agent")
 STATUS_CHECK_S = 5.0
 FLUSH_DEADLINE_S = 5.0
 PURGE_EVERY_S = 3600.0
+CHECK_EVERY_S = 60.0  # the outbox's maintenance check: a few ms on a small file
 UPDATE_CHECK_S = 1.0
 DTC_AFTER_CALL_S = 0.2
 
@@ -380,9 +381,12 @@ class Agent:
         self.presenter.publish_if_changed()
 
     async def _status_watch(self) -> None:
-        last_purge = time.monotonic()
+        last_purge = last_check = time.monotonic()
         while True:
             await asyncio.sleep(STATUS_CHECK_S)
+            if time.monotonic() - last_check >= CHECK_EVERY_S:
+                last_check = time.monotonic()
+                self.outbox.check()  # the file still ours, and sound; the disk retried
             if time.monotonic() - last_purge >= PURGE_EVERY_S:
                 last_purge = time.monotonic()
                 self.outbox.purge_expired()

@@ -42,6 +42,10 @@ PUBLISH_TIMEOUT_S = 3.0  # a request or cancel without PUBACK by then: the path 
 URGENT = ("request", "cancel")  # what the driver is waiting for
 
 
+def key(entry: Entry) -> tuple[str, str, int]:
+    return entry.kind, entry.incident_id, entry.sequence
+
+
 class UplinkEvents(Protocol):
     def on_delivered(self, entry: Entry) -> None: ...
     def on_ack(self, payload: bytes) -> None: ...
@@ -93,7 +97,9 @@ class Uplink:
         self._client: mqtt.Client | None = None
         self._connected = False
         self._inflight: dict[int, Entry] = {}  # paho mid -> entry, for this connection only
-        self._sent: set[int] = set()  # outbox ids published on this connection
+        # the (kind, incident_id, sequence) published on this connection: a key, never a row
+        # id, which a replaced outbox file gives out again
+        self._sent: set[tuple[str, str, int]] = set()
         self._disconnected: asyncio.Future[None] | None = None
         self._connack: asyncio.Future[bool] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -124,7 +130,7 @@ class Uplink:
                 self._wake.set()
             return
         for entry in self.outbox.pending():
-            if entry.id in self._sent:
+            if key(entry) in self._sent:
                 continue
             info = client.publish(
                 entry.topic, entry.payload, qos=1, properties=self._properties(entry)
@@ -139,7 +145,7 @@ class Uplink:
                 )
                 break
             self._inflight[info.mid] = entry
-            self._sent.add(entry.id)
+            self._sent.add(key(entry))
             if entry.kind in URGENT and self._loop is not None:
                 self._loop.call_later(self.publish_timeout_s, self._deadline, client, info.mid)
         self._flush()
@@ -390,8 +396,8 @@ class Uplink:
                 "broker refused %s %s/%d: %s", entry.kind, entry.incident_id, entry.sequence, reason
             )
             return
-        self.outbox.remove(entry.id)
-        self._sent.discard(entry.id)
+        self.outbox.remove(entry)
+        self._sent.discard(key(entry))
         if self._loop is not None:
             self._loop.call_soon(self.outbox.scrub)  # before anyone looks, after the delivery
         self.events.on_delivered(entry)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent.outbox import FILENAME, Limits, Outbox
+from agent.outbox import FILENAME, Entry, Limits, Outbox
 
 T = "assistance/v1/VIN/request"
 ID1 = "11111111-1111-4111-8111-111111111111"
@@ -42,7 +42,7 @@ def test_messages_survive_a_restart_in_order_with_their_ids(tmp_path: Path) -> N
             ("request", ID2, 1),
         ]
         assert box.open_incident() is not None
-        box.remove(pending[0].id)
+        box.remove(pending[0])
         assert box.count() == 2
 
 
@@ -69,7 +69,7 @@ def test_deleted_personal_data_does_not_linger_in_the_file(tmp_path: Path) -> No
     secret = b"Anna Muster +41 79 123 45 67"
     with Outbox(tmp_path) as box:
         entry = box.add("request", ID1, 1, T, b'{"contact":"' + secret + b'"}')
-        box.remove(entry.id)
+        box.remove(entry)
         box.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     for path in tmp_path.iterdir():
         assert secret not in path.read_bytes(), path.name
@@ -169,7 +169,7 @@ def test_memory_entry_acknowledged_before_the_disk_recovers(tmp_path: Path) -> N
         disk = FullDisk(box.db)
         box._db = disk  # type: ignore[assignment]
         entry = box.add("request", ID1, 1, T, b"call")
-        box.remove(entry.id)
+        box.remove(entry)
         assert box.count() == 0
 
 
@@ -182,7 +182,7 @@ def test_unusable_state_directory_runs_from_memory_then_moves_to_disk(tmp_path: 
     assert box.counters["open_errors"] == 1
     call = box.add("request", ID1, 1, T, b"call")
     assert [e.payload for e in box.pending()] == [b"call"]
-    box.remove(-999)  # unknown ids and disk-less removes never raise
+    box.remove(Entry(-999, "request", ID2, 9, T, b"", 0.0))  # unknown, disk-less: no raise
     assert box.purge_expired() == 0
     blocker.unlink()  # the storage comes back
     box._last_try = float("-inf")  # do not wait RETRY_S for the next try
@@ -190,10 +190,11 @@ def test_unusable_state_directory_runs_from_memory_then_moves_to_disk(tmp_path: 
     assert box.storage == "disk"
     assert [e.payload for e in box.pending()] == [b"call", b"cancel"]
     assert all(e.id > 0 for e in box.pending())
-    box.remove(call.id)  # the in-memory id the uplink held is gone with the migration
+    box.remove(call)  # the PUBACK for the entry the uplink held in memory: by key, on disk now
+    assert [e.payload for e in box.pending()] == [b"cancel"]
     box.close()
     with Outbox(blocker / "state") as again:  # and it survives a restart
-        assert [e.payload for e in again.pending()] == [b"call", b"cancel"]
+        assert [e.payload for e in again.pending()] == [b"cancel"]
 
 
 def test_full_disk_at_start_is_not_mistaken_for_corruption(tmp_path: Path) -> None:
@@ -244,3 +245,64 @@ def test_damaged_file_rescues_readable_messages(tmp_path: Path) -> None:
         assert box.counters["salvaged"] == 2
         assert [e.payload for e in box.pending()] == [b"the call", b"the cancel"]
     assert (tmp_path / f"{FILENAME}.corrupt-1").exists()
+
+
+def damage_index_page(box: Outbox, path: Path) -> None:
+    """Overwrite one b-tree page of the file under the open connection, as flash wear does."""
+    box.db.execute("CREATE INDEX IF NOT EXISTS damage_me ON messages (topic, payload)")
+    root = box.db.execute("SELECT rootpage FROM sqlite_master WHERE name='damage_me'").fetchone()
+    page_size = box.db.execute("PRAGMA page_size").fetchone()[0]
+    box.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with path.open("r+b") as f:
+        f.seek((root[0] - 1) * page_size)
+        f.write(b"\xde\xad" * 32)
+
+
+def test_damage_found_while_running_loses_nothing_and_a_late_puback_removes_only_its_own(
+    tmp_path: Path,
+) -> None:
+    box = Outbox(tmp_path).open()
+    try:
+        first = box.add("request", ID1, 1, T, b"delivered")
+        in_flight = box.add("update", ID1, 1, T, b"in flight")  # row 2, published, no PUBACK yet
+        box.save_incident(ID1, 1, time.time(), False)
+        box.remove(first)  # PUBACKed
+        damage_index_page(box, tmp_path / FILENAME)
+        assert box.check() is False  # found on a fresh connection
+        assert box.counters["replaced_corrupt"] == 1
+        assert box.storage == "disk"
+        later = box.add("cancel", ID1, 1, T, b"the cancel")  # the new file numbers rows again
+        assert later.id == in_flight.id  # the id the uplink still holds now names another row
+        box.remove(in_flight)  # the late PUBACK
+        assert [e.payload for e in box.pending()] == [b"the cancel"]
+        assert box.check() is True
+    finally:
+        box.close()
+    with Outbox(tmp_path) as again:  # the open incident went along to the new file
+        assert [e.payload for e in again.pending()] == [b"the cancel"]
+        stored = again.open_incident()
+        assert stored is not None and stored.incident_id == ID1
+
+
+def test_a_state_directory_removed_under_the_agent_is_rebuilt_with_every_message(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    box = Outbox(state).open()
+    try:
+        box.add("request", ID1, 1, T, b"the call")
+        box.save_incident(ID1, 1, time.time(), False)
+        subprocess.run(["rm", "-rf", str(state)], check=True)  # a cleanup script, a bad update
+        box.add("update", ID1, 1, T, b"written into the unlinked file")
+        assert box.check() is False
+        assert box.counters["vanished"] == 1
+        assert (state / FILENAME).exists()
+        assert box.check() is True
+    finally:
+        box.close()
+    with Outbox(state) as again:
+        assert [e.payload for e in again.pending()] == [
+            b"the call",
+            b"written into the unlinked file",
+        ]
+        assert again.open_incident() is not None

@@ -58,6 +58,8 @@ class Outbox:
         self._dirty = False  # rows deleted since the last WAL checkpoint
         self._monotonic = time.monotonic
         self._last_try = float("-inf")
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+        self._incident: StoredIncident | None = None  # the open incident, whatever the disk does
 
     def _count(self, name: str, n: int = 1) -> None:
         if n:
@@ -96,7 +98,7 @@ class Outbox:
         except sqlite3.DatabaseError as exc:
             if not sqlite_file.is_corruption(exc):
                 raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
-            rescued = sqlite_file.salvage(self.path)
+            rescued, incidents = sqlite_file.salvage(self.path)
             self._move_aside(exc)
             try:
                 self._db = sqlite_file.connect(self.path)
@@ -104,11 +106,18 @@ class Outbox:
                 raise OutboxError(f"cannot create outbox {self.path}: {again}") from again
             for entry in rescued:
                 self._insert(entry)
+            for incident in incidents:
+                self._write_incident(incident)
             if rescued:
                 self._count("salvaged", len(rescued))
                 log.warning("outbox: %d message(s) rescued from the damaged file", len(rescued))
         except OSError as exc:
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+        self._identity = sqlite_file.identity(self.path)
+        if self._incident is not None:  # kept in memory while the disk refused it
+            self._write_incident(self._incident)
+        elif (stored := self._read_incident()) is not None:
+            self._incident = stored
 
     @property
     def storage(self) -> str:
@@ -169,16 +178,25 @@ class Outbox:
             log.error("outbox %s failed: %s; keeping messages in memory", what, exc)
         self.healthy = False
         if isinstance(exc, sqlite3.DatabaseError) and sqlite_file.is_corruption(exc):
-            rescued = [e for e in sqlite_file.salvage(self.path) if e.id > 0]
+            rescued, _ = sqlite_file.salvage(self.path)
             self._drop_connection()  # never close(): its scrub would fail and land here again
-            try:
+            with contextlib.suppress(OSError):
                 self._move_aside(exc)
-                self._db = sqlite_file.connect(self.path)
-            except (sqlite3.Error, OSError) as again:
-                log.error("cannot replace the outbox: %s", again)
-                self._drop_connection()
-            for entry in rescued:  # keep them in memory; _flush_memory puts them on disk
-                self._memory.hold(entry)
+            self._rehome(rescued)
+
+    def _rehome(self, rows: list[Entry]) -> None:
+        """Start a new file with ``rows`` (oldest first) and what memory holds, in that order.
+
+        Until the new file takes them, they wait in memory; the open incident goes along.
+        """
+        self._memory.hold_first(rows)
+        try:
+            self._open_disk()
+        except (OutboxError, OSError, sqlite3.Error) as again:
+            log.error("cannot start a new outbox: %s", again)
+            self._drop_connection()
+            return
+        self._flush_memory()
 
     def _drop_connection(self) -> None:
         if self._db is not None:
@@ -300,18 +318,47 @@ class Outbox:
         entries += self._memory
         return entries
 
-    def remove(self, entry_id: int) -> None:
-        """The broker acknowledged the message (PUBACK): it is no longer ours to keep."""
-        if entry_id < 0:
-            self._memory.remove(entry_id)
-            return
+    def remove(self, entry: Entry) -> None:
+        """The broker acknowledged this message (PUBACK): it is no longer ours to keep.
+
+        By its key (kind, incident_id, sequence), never by row id: a file replaced after damage
+        numbers its rows again, and a late PUBACK must remove only the message it acknowledges.
+        """
+        self._memory.remove_key(entry.kind, entry.incident_id, entry.sequence)
         if self._db is None:
             return
         try:
-            self._db.execute("DELETE FROM messages WHERE id=?", (entry_id,))
+            self._db.execute(
+                "DELETE FROM messages WHERE kind=? AND incident_id=? AND sequence=?",
+                (entry.kind, entry.incident_id, entry.sequence),
+            )
             self._dirty = True
         except sqlite3.Error as exc:
             self._failed("deleting", exc)
+
+    def check(self) -> bool:
+        """Periodic maintenance: is the file at our path still the one we write, and sound?
+
+        A state directory removed or replaced under us leaves writes going into an unlinked
+        file, gone at the next start: every message moves into a new file. Damage is looked for
+        with quick_check on a fresh read-only connection (this one's cache can hide it); a
+        damaged file is replaced, its readable rows rescued. True when the disk is fine.
+        """
+        if self._db is None:
+            self.retry_disk()
+            return False
+        if sqlite_file.identity(self.path) != self._identity:
+            self._count("vanished")
+            log.error("outbox %s vanished; moving its messages to a new file", self.path)
+            held = [e for e in self.pending() if e.id > 0]  # still readable: the file is open
+            self._drop_connection()
+            self._rehome(held)
+            return False
+        problem = sqlite_file.quick_check(self.path)
+        if problem is None:
+            return True
+        self._failed("checking", sqlite3.DatabaseError(f"integrity check failed: {problem}"))
+        return False
 
     def scrub(self) -> None:
         """Copy the WAL back and truncate it: deleted personal data must not linger there.
@@ -353,6 +400,8 @@ class Outbox:
     def purge_expired(self) -> int:
         """Delete messages and incidents older than the retention period; returns rows gone."""
         cutoff = self._clock() - self.limits.retention_s
+        if self._incident is not None and self._incident.opened_at < cutoff:
+            self._incident = None
         if self._db is None or self._memory:
             self.retry_disk()  # called periodically by the agent: the disk's retry tick too
         if self._db is None:
@@ -375,26 +424,38 @@ class Outbox:
     # -- incidents --------------------------------------------------------------------------
 
     def save_incident(self, incident_id: str, sequence: int, opened_at: float, acked: bool) -> None:
-        try:
-            self.db.execute(
-                "INSERT INTO incidents (incident_id, sequence, opened_at, acked) VALUES (?,?,?,?) "
-                "ON CONFLICT(incident_id) DO UPDATE SET sequence=excluded.sequence, "
-                "acked=excluded.acked",
-                (incident_id, sequence, opened_at, int(acked)),
-            )
-        except (sqlite3.Error, OutboxError) as exc:
-            self._count("write_errors")
-            log.error("outbox: cannot save incident state: %s", exc)
+        self._incident = StoredIncident(incident_id, sequence, opened_at, acked)
+        self._write_incident(self._incident)
 
     def close_incident(self, incident_id: str) -> None:
         """The incident is over: forget it (it holds no personal data, only ids and times)."""
+        if self._incident is not None and self._incident.incident_id == incident_id:
+            self._incident = None
+        if self._db is None:
+            return
         try:
-            self.db.execute("DELETE FROM incidents WHERE incident_id=?", (incident_id,))
-        except (sqlite3.Error, OutboxError) as exc:
-            self._count("write_errors")
-            log.error("outbox: cannot close incident: %s", exc)
+            self._db.execute("DELETE FROM incidents WHERE incident_id=?", (incident_id,))
+        except sqlite3.Error as exc:
+            self._failed("closing the incident", exc)
 
     def open_incident(self) -> StoredIncident | None:
+        """The incident open when the agent last stopped (or now), if any."""
+        return self._incident
+
+    def _write_incident(self, incident: StoredIncident) -> None:
+        if self._db is None:
+            return
+        try:
+            self._db.execute(
+                "INSERT INTO incidents (incident_id, sequence, opened_at, acked) VALUES (?,?,?,?) "
+                "ON CONFLICT(incident_id) DO UPDATE SET sequence=excluded.sequence, "
+                "acked=excluded.acked",
+                (incident.incident_id, incident.sequence, incident.opened_at, int(incident.acked)),
+            )
+        except sqlite3.Error as exc:
+            self._failed("saving the incident", exc)
+
+    def _read_incident(self) -> StoredIncident | None:
         try:
             row = self.db.execute(
                 "SELECT incident_id, sequence, opened_at, acked FROM incidents "

@@ -40,6 +40,19 @@ class MemoryQueue:
     def remove(self, entry_id: int) -> None:
         self._entries.pop(entry_id, None)
 
+    def remove_key(self, kind: str, incident_id: str, sequence: int) -> None:
+        held = self.find(kind, incident_id, sequence)
+        if held is not None:
+            del self._entries[held.id]
+
+    def hold_first(self, entries: list[Entry]) -> None:
+        """Put ``entries`` (oldest first) ahead of what is held, skipping keys already held."""
+        later = list(self)
+        self._entries.clear()
+        for entry in [*entries, *later]:
+            if self.find(entry.kind, entry.incident_id, entry.sequence) is None:
+                self.hold(entry)
+
     def make_room(self, entry: Entry) -> tuple[str, int]:
         """Evict the oldest updates until ``entry`` fits: ("fits" | "over" | "refused", evicted).
 

@@ -3,12 +3,13 @@ damaged, read for what can be rescued and moved aside."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 from pathlib import Path
 
-from agent.outbox.entries import Entry
+from agent.outbox.entries import Entry, StoredIncident
 
 log = logging.getLogger("agent.outbox")
 
@@ -58,19 +59,51 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def salvage(path: Path) -> list[Entry]:
-    """Read what can still be read from a damaged database, read-only."""
+def salvage(path: Path) -> tuple[list[Entry], list[StoredIncident]]:
+    """Read what can still be read from a damaged database, read-only: messages, incidents."""
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error:
-        return []
+        return [], []
     try:
-        rows = db.execute(f"SELECT {COLUMNS} FROM messages ORDER BY id").fetchall()
-        return [Entry(*row) for row in rows]
-    except (sqlite3.Error, TypeError):
-        return []
+        entries: list[Entry] = []
+        incidents: list[StoredIncident] = []
+        with contextlib.suppress(sqlite3.Error, TypeError):
+            rows = db.execute(f"SELECT {COLUMNS} FROM messages ORDER BY id").fetchall()
+            entries = [Entry(*row) for row in rows]
+        with contextlib.suppress(sqlite3.Error, TypeError):
+            rows = db.execute(
+                "SELECT incident_id, sequence, opened_at, acked FROM incidents "
+                "WHERE closed_at IS NULL"
+            ).fetchall()
+            incidents = [StoredIncident(r[0], r[1], r[2], bool(r[3])) for r in rows]
+        return entries, incidents
     finally:
         db.close()
+
+
+def quick_check(path: Path) -> str | None:
+    """SQLite's quick_check on a fresh read-only connection: None when sound, else what failed."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        return str(exc)
+    try:
+        rows = db.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        db.close()
+    return None if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:3])
+
+
+def identity(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file now at ``path``; None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def move_aside(path: Path, reason: Exception) -> None:
