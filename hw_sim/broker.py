@@ -1,6 +1,6 @@
 """A small embedded MQTT broker (3.1.1 and 5 on one listener), asyncio and standard library only.
 
-It lets ``connect-agent demo`` and the tests run the whole delivery loop where no Mosquitto is
+It lets ``hw-sim demo`` and the tests run the whole delivery loop where no Mosquitto is
 installed. The first half is a pure packet codec (bytes in, values out); the second half is the
 broker: sessions, subscriptions, retained messages, wills and keep-alive.
 
