@@ -1,8 +1,7 @@
 """The JSON Schemas of the MQTT contract (SPEC §5): request, cancel, update, ack, status.
 
 The files are the agent's contract and ship with it; the agent itself never validates against
-them (no ``jsonschema`` on the board). ``hw_sim.contract`` does, for the simulated backend, the
-console and the tests.
+them (no ``jsonschema`` on the board): the simulators and the tests do.
 """
 
 from __future__ import annotations
