@@ -2,7 +2,8 @@
 
 It lets ``hw-sim demo`` and the tests run the whole delivery loop where no Mosquitto is
 installed: connections, sessions, subscriptions, retained messages, wills and keep-alive. The
-packets themselves are encoded and decoded in :mod:`hw_sim.mqtt_codec`.
+packets are encoded and decoded in :mod:`hw_sim.mqtt_codec`; the state kept per client is in
+:mod:`hw_sim.mqtt_session`.
 
 Scope, frozen: what the agent and its tests use of a broker, and no more. New features go to
 Mosquitto, which the tests use wherever it is installed; this broker only gets fixes.
@@ -45,9 +46,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from hw_sim.mqtt_codec import (
     FIXED_FLAGS,
@@ -81,6 +81,7 @@ from hw_sim.mqtt_codec import (
     valid_topic_filter,
     valid_topic_name,
 )
+from hw_sim.mqtt_session import Connection, Delivery, Session, Subscription
 from hw_sim.service import Service
 
 log = logging.getLogger("hw_sim.broker")
@@ -90,81 +91,6 @@ MAX_PACKET_SIZE = 1024 * 1024
 
 NEVER_EXPIRES = 0xFFFFFFFF
 _CLOSE_GRACE = 2.0  # seconds clients get to take the DISCONNECT at shutdown
-
-
-@dataclass(frozen=True)
-class _Subscription:
-    qos: int
-    no_local: bool
-    retain_as_published: bool
-    identifier: int
-
-
-@dataclass(frozen=True)
-class _Delivery:
-    message: Message
-    qos: int
-    retain: bool
-    subscription_ids: tuple[int, ...] = ()
-
-
-@dataclass(eq=False)
-class _Session:
-    client_id: str
-    expiry: int = 0
-    subscriptions: dict[str, _Subscription] = field(default_factory=dict)
-    queue: deque[_Delivery] = field(default_factory=deque)
-    inflight: dict[int, _Delivery] = field(default_factory=dict)
-    incoming_qos2: set[int] = field(default_factory=set)
-    connection: _Connection | None = None
-    pending_will: Message | None = None
-    will_timer: asyncio.TimerHandle | None = None
-    expiry_timer: asyncio.TimerHandle | None = None
-    next_packet_id: int = 1
-    dropped: int = 0
-
-    def allocate_packet_id(self) -> int:
-        while True:
-            packet_id = self.next_packet_id
-            self.next_packet_id = packet_id % 0xFFFF + 1
-            if packet_id not in self.inflight:
-                return packet_id
-
-    def cancel_timers(self) -> None:
-        for timer in (self.will_timer, self.expiry_timer):
-            if timer is not None:
-                timer.cancel()
-        self.will_timer = self.expiry_timer = None
-
-
-class _Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.version = 0
-        self.client_id = ""
-        self.keep_alive = 0
-        self.session: _Session | None = None
-        self.will: Message | None = None
-        self.will_delay = 0
-        self.receive_maximum = 0xFFFF
-        self.max_packet_size = MAX_VARINT
-        self.connected = False  # CONNACK accepted the connection
-        self.closed = False
-
-    def __repr__(self) -> str:
-        return f"<client {self.client_id or '?'} at {self.peer}>"
-
-    def send(self, data: bytes, max_buffer: int) -> None:
-        transport = self.writer.transport
-        if self.closed or transport.is_closing():
-            return
-        self.writer.write(data)
-        if transport.get_write_buffer_size() > max_buffer:
-            log.warning("%r does not read its messages; dropping the connection", self)
-            transport.abort()
 
 
 class EmbeddedBroker(Service):
@@ -199,8 +125,8 @@ class EmbeddedBroker(Service):
         self.counters: dict[str, int] = dict.fromkeys(
             ("connections", "malformed", "received", "delivered", "dropped"), 0
         )
-        self._sessions: dict[str, _Session] = {}
-        self._connections: set[_Connection] = set()
+        self._sessions: dict[str, Session] = {}
+        self._connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self._closing = False
@@ -289,7 +215,7 @@ class EmbeddedBroker(Service):
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
-        conn = _Connection(reader, writer)
+        conn = Connection(reader, writer)
         self._connections.add(conn)
         self.counters["connections"] += 1
         will = True
@@ -315,7 +241,7 @@ class EmbeddedBroker(Service):
             if task is not None:
                 self._tasks.discard(task)
 
-    async def _serve(self, conn: _Connection) -> None:
+    async def _serve(self, conn: Connection) -> None:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 kind, _flags, body = await read_packet(conn.reader, self.max_packet_size)
@@ -339,10 +265,10 @@ class EmbeddedBroker(Service):
             if not conn.closed:
                 await conn.writer.drain()
 
-    def _send(self, conn: _Connection, data: bytes) -> None:
+    def _send(self, conn: Connection, data: bytes) -> None:
         conn.send(data, self.max_write_buffer)
 
-    def _on_connect(self, conn: _Connection, body: bytes) -> bool:
+    def _on_connect(self, conn: Connection, body: bytes) -> bool:
         try:
             connect = decode_connect(body)
         except UnsupportedProtocolError as exc:
@@ -380,7 +306,7 @@ class EmbeddedBroker(Service):
             session = None
         present = session is not None
         if session is None:
-            session = self._sessions[client_id] = _Session(client_id)
+            session = self._sessions[client_id] = Session(client_id)
         session.cancel_timers()
         session.pending_will = None  # a new connection before the will delay: no will
         session.expiry = expiry
@@ -408,14 +334,14 @@ class EmbeddedBroker(Service):
         self._notify()
         return True
 
-    def _refuse(self, conn: _Connection, reason: int, code_v3: int, why: str) -> None:
+    def _refuse(self, conn: Connection, reason: int, code_v3: int, why: str) -> None:
         """Answer CONNECT with a failure (``reason`` in MQTT 5, ``code_v3`` in 3.1.1) and close."""
         log.warning("%r: refusing the connection: %s", conn, why)
         code = reason if conn.version == 5 else code_v3
         self._send(conn, encode_connack(conn.version, False, code))
         self._drop(conn, None, will=False)
 
-    def _drop(self, conn: _Connection, reason: int | None, *, will: bool) -> None:
+    def _drop(self, conn: Connection, reason: int | None, *, will: bool) -> None:
         """Close ``conn`` (idempotent); publish its will and end or keep its session."""
         if conn.closed:
             return
@@ -449,7 +375,7 @@ class EmbeddedBroker(Service):
                 session.expiry, self._end_session, session
             )
 
-    def _publish_pending_will(self, session: _Session) -> None:
+    def _publish_pending_will(self, session: Session) -> None:
         will, session.pending_will, session.will_timer = session.pending_will, None, None
         if will is not None:
             self._publish_will(will)
@@ -458,7 +384,7 @@ class EmbeddedBroker(Service):
         log.info("publishing the will of %s on %s", will.sender, will.topic)
         self._publish(replace(will, received_at=time.monotonic()))
 
-    def _end_session(self, session: _Session) -> None:
+    def _end_session(self, session: Session) -> None:
         session.cancel_timers()
         if self._sessions.get(session.client_id) is session:
             del self._sessions[session.client_id]
@@ -468,7 +394,7 @@ class EmbeddedBroker(Service):
 
     # -- packets --------------------------------------------------------------------------------
 
-    def _dispatch(self, conn: _Connection, kind: int, flags: int, body: bytes) -> None:
+    def _dispatch(self, conn: Connection, kind: int, flags: int, body: bytes) -> None:
         session, version = conn.session, conn.version
         if session is None:
             raise RuntimeError("packet dispatched before CONNECT")
@@ -509,7 +435,7 @@ class EmbeddedBroker(Service):
         else:
             raise PacketError(f"unexpected packet type {kind}", Reason.PROTOCOL_ERROR)
 
-    def _on_publish(self, conn: _Connection, session: _Session, packet: Publish) -> None:
+    def _on_publish(self, conn: Connection, session: Session, packet: Publish) -> None:
         if not valid_topic_name(packet.topic):
             raise PacketError("invalid topic name in PUBLISH", Reason.TOPIC_NAME_INVALID)
         for ident, _ in packet.properties:
@@ -538,7 +464,7 @@ class EmbeddedBroker(Service):
             session.incoming_qos2.add(packet.packet_id)
             self._send(conn, encode_ack(PacketType.PUBREC, packet.packet_id, conn.version, reason))
 
-    def _on_subscribe(self, conn: _Connection, session: _Session, packet: Subscribe) -> None:
+    def _on_subscribe(self, conn: Connection, session: Session, packet: Subscribe) -> None:
         identifier = get_property(packet.properties, Prop.SUBSCRIPTION_IDENTIFIER, 0)
         if any(p[0] == Prop.SUBSCRIPTION_IDENTIFIER for p in packet.properties) and not identifier:
             raise PacketError("subscription identifier 0", Reason.PROTOCOL_ERROR)
@@ -554,7 +480,7 @@ class EmbeddedBroker(Service):
                 continue
             qos = min(request.qos, 1)
             existed = topic_filter in session.subscriptions
-            session.subscriptions[topic_filter] = _Subscription(
+            session.subscriptions[topic_filter] = Subscription(
                 qos, request.no_local, request.retain_as_published, identifier
             )
             reasons.append(qos)
@@ -568,13 +494,13 @@ class EmbeddedBroker(Service):
                     del self.retained[message.topic]
                     continue
                 ids = (identifier,) if identifier else ()
-                self._enqueue(session, _Delivery(message, min(message.qos, qos), True, ids))
+                self._enqueue(session, Delivery(message, min(message.qos, qos), True, ids))
         self._send(conn, encode_suback(PacketType.SUBACK, packet.packet_id, conn.version, reasons))
         self._pump(session)
         self._notify()
 
     def _on_unsubscribe(
-        self, conn: _Connection, session: _Session, packet_id: int, filters: list[str]
+        self, conn: Connection, session: Session, packet_id: int, filters: list[str]
     ) -> None:
         reasons = []
         for topic_filter in filters:
@@ -584,7 +510,7 @@ class EmbeddedBroker(Service):
         self._notify()
 
     def _on_disconnect(
-        self, conn: _Connection, session: _Session, reason: int, properties: Properties
+        self, conn: Connection, session: Session, reason: int, properties: Properties
     ) -> None:
         expiry = get_property(properties, Prop.SESSION_EXPIRY_INTERVAL, -1)
         if expiry >= 0:
@@ -616,14 +542,12 @@ class EmbeddedBroker(Service):
                         ids.append(sub.identifier)
             if qos >= 0:
                 matched += 1
-                self._enqueue(
-                    session, _Delivery(message, min(qos, message.qos), retain, tuple(ids))
-                )
+                self._enqueue(session, Delivery(message, min(qos, message.qos), retain, tuple(ids)))
                 self._pump(session)
         self._notify()
         return matched
 
-    def _enqueue(self, session: _Session, delivery: _Delivery) -> None:
+    def _enqueue(self, session: Session, delivery: Delivery) -> None:
         if session.connection is None and delivery.qos == 0:
             return
         if len(session.queue) >= self.max_queued_messages:
@@ -634,7 +558,7 @@ class EmbeddedBroker(Service):
             return
         session.queue.append(delivery)
 
-    def _pump(self, session: _Session) -> None:
+    def _pump(self, session: Session) -> None:
         """Send queued messages in order while the client's receive window allows."""
         conn = session.connection
         if conn is None or conn.closed:
@@ -658,7 +582,7 @@ class EmbeddedBroker(Service):
             self._send(conn, packet)
 
     def _encode_delivery(
-        self, conn: _Connection, delivery: _Delivery, packet_id: int, now: float, *, dup: bool
+        self, conn: Connection, delivery: Delivery, packet_id: int, now: float, *, dup: bool
     ) -> bytes | None:
         message = delivery.message
         properties: Properties | None = None
