@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/connect-agent demo
+	$(BIN)/hw-sim demo
 
 test: $(STAMP)
 	$(BIN)/pytest

@@ -1,4 +1,4 @@
-"""Command line: ``connect-agent run | check-config | demo``."""
+"""Command line: ``connect-agent run | check-config`` (the demo is ``hw-sim demo``)."""
 
 from __future__ import annotations
 
@@ -44,20 +44,6 @@ def _parser() -> argparse.ArgumentParser:
     config_args(run)
     check = sub.add_parser("check-config", help="validate a configuration and print it")
     config_args(check)
-    demo = sub.add_parser(
-        "demo", help="the whole loop in one process: simulated car, gpsd, broker and backend"
-    )
-    demo.add_argument(
-        "--embedded-broker",
-        action="store_true",
-        help="use the embedded MQTT broker even when Mosquitto is installed",
-    )
-    demo.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
-    demo.add_argument("--verbose", "-v", action="store_true", help="show the agent's log")
-    demo.add_argument(
-        "--web", action="store_true", help="drive the car and answer as the operator in a browser"
-    )
-    demo.add_argument("--web-port", type=int, default=8080)
     return parser
 
 
@@ -122,28 +108,6 @@ def main(argv: list[str] | None = None) -> int:
                     # The clock may be unset (no RTC, no NTP yet): start anyway, calls queue.
                     log.warning("%s", exc)
             return asyncio.run(_run(cfg))
-        if args.command == "demo" and args.web:
-            from hw_sim.console import run_web_demo  # noqa: PLC0415
-
-            asyncio.run(
-                run_web_demo(
-                    args.web_port,
-                    embedded_broker=args.embedded_broker,
-                    protocol=args.protocol,
-                    verbose=args.verbose,
-                )
-            )
-            return 0
-        if args.command == "demo":
-            from agent.demo import run_demo  # noqa: PLC0415
-
-            return asyncio.run(
-                run_demo(
-                    embedded_broker=args.embedded_broker,
-                    protocol=args.protocol,
-                    verbose=args.verbose,
-                )
-            )
     except ConfigError as exc:
         print(f"connect-agent: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

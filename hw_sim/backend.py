@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.schemas import errors as schema_errors
+from hw_sim.contract import errors as schema_errors
 
 log = logging.getLogger("hw_sim.backend")
 

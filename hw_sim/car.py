@@ -38,7 +38,8 @@ from agent.inputs.can_bus import BusReader, open_bus
 
 log = logging.getLogger("hw_sim.car")
 
-DEFAULT_DBC = Path(__file__).resolve().parent.parent / "config" / "connect.dbc"
+# hw_sim/data links to the repository's config/ (one copy of each file); a wheel holds the files.
+DEFAULT_DBC = Path(__file__).resolve().parent / "data" / "connect.dbc"
 
 HEALTHY_STATUS = VehicleStatus(
     battery_12v_v=12.6,
@@ -65,7 +66,7 @@ HEALTHY_SAFETY = SafetyStatus(
 
 
 def dbc_path() -> Path:
-    """The matrix DBC: the repository's config/ (also where an editable install finds it)."""
+    """The matrix DBC, ``config/connect.dbc``, as package data (editable or not)."""
     return DEFAULT_DBC
 
 

@@ -6,6 +6,8 @@ So that a laptop with vcan0 can drive a separately running agent:
     hw-sim gpsd --port 2947 &
     hw-sim backend --port 1883 &
     hw-sim car --channel vcan0            # then type: hold 2200
+
+``hw-sim demo`` runs all of them and the real agent in one process (``make demo``).
 """
 
 from __future__ import annotations
@@ -100,6 +102,27 @@ def _parser() -> argparse.ArgumentParser:
     broker = sub.add_parser("broker", help="the embedded MQTT broker (3.1.1 and 5)")
     broker.add_argument("--host", default="127.0.0.1")
     broker.add_argument("--port", type=int, default=1883)
+    demo = sub.add_parser(
+        "demo", help="the whole loop in one process: simulated car, gpsd, broker and backend"
+    )
+    demo.add_argument(
+        "--embedded-broker",
+        action="store_true",
+        help="use the embedded MQTT broker even when Mosquitto is installed",
+    )
+    demo.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
+    demo.add_argument(
+        # SUPPRESS: without it the subcommand's default would hide `hw-sim -v demo`
+        "--verbose",
+        "-v",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the agent's log",
+    )
+    demo.add_argument(
+        "--web", action="store_true", help="drive the car and answer as the operator in a browser"
+    )
+    demo.add_argument("--web-port", type=int, default=8080)
     link = sub.add_parser(
         "link",
         help="a TCP link simulator (delay, loss, freeze, cut) in front of a broker",
@@ -128,15 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         "serial-button": _serial_button,
         "ecu": _ecu,
         "link": _link,
+        "demo": _demo,
     }[args.command]
     try:
-        asyncio.run(runner(args))
+        status = asyncio.run(runner(args))
     except KeyboardInterrupt:
         return 0
     except Exception as exc:  # a simulator tool: report, don't dump a trace at the user
         print(f"hw-sim {args.command}: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return status or 0
 
 
 def _out(text: str) -> None:
@@ -315,6 +339,24 @@ async def _ecu(args: argparse.Namespace) -> None:
     from hw_sim.ecu import DEFAULT_VIN, run_ecu  # noqa: PLC0415
 
     await run_ecu(args.interface, args.channel, vin=args.vin or DEFAULT_VIN)
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    if args.web:
+        from hw_sim.console import run_web_demo  # noqa: PLC0415 - aiohttp only when asked for
+
+        await run_web_demo(
+            args.web_port,
+            embedded_broker=args.embedded_broker,
+            protocol=args.protocol,
+            verbose=args.verbose,
+        )
+        return 0
+    from hw_sim.demo import run_demo  # noqa: PLC0415
+
+    return await run_demo(
+        embedded_broker=args.embedded_broker, protocol=args.protocol, verbose=args.verbose
+    )
 
 
 async def _link(args: argparse.Namespace) -> None:

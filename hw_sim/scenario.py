@@ -1,6 +1,6 @@
 """One simulated installation: the real agent wired to the simulated car, LED and backend.
 
-Used by ``connect-agent demo``, the integration tests and the benchmarks, so all three
+Used by ``hw-sim demo``, the integration tests and the benchmarks, so all three
 exercise the same path: a TOML file loaded through the real config loader, the real agent on a
 python-can bus, the simulated car and roof module on the same bus, the backend on the broker.
 """

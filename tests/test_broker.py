@@ -24,8 +24,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from hw_sim.broker import (
-    EmbeddedBroker,
+from hw_sim.broker import EmbeddedBroker, run_broker
+from hw_sim.mqtt_codec import (
     PacketError,
     Prop,
     decode_properties,
@@ -33,7 +33,6 @@ from hw_sim.broker import (
     decode_varint,
     encode_properties,
     encode_varint,
-    run_broker,
     topic_matches,
     valid_topic_filter,
 )

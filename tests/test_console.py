@@ -662,7 +662,7 @@ async def test_run_console_serves_its_own_backend_and_car_on_any_broker(
 
 @pytest.mark.asyncio
 async def test_web_demo_runs_the_whole_loop_behind_the_page(tmp_path: Path) -> None:
-    """``connect-agent demo --web`` on the embedded broker: agent online, LED ready, a call."""
+    """``hw-sim demo --web`` on the embedded broker: agent online, LED ready, a call."""
     async with web_demo(tmp_path, port=0, embedded_broker=True, gps_interval=0.2) as (
         console,
         scenario,

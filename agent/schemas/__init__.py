@@ -1,4 +1,8 @@
-"""The JSON Schemas of the MQTT contract (SPEC §5): request, cancel, update, ack, status."""
+"""The JSON Schemas of the MQTT contract (SPEC §5): request, cancel, update, ack, status.
+
+The files are the agent's contract and ship with it; the agent itself never validates against
+them (no ``jsonschema`` on the board): the simulators and the tests do.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ import json
 from functools import cache
 from importlib import resources
 from typing import Any
-
-from jsonschema import Draft202012Validator
 
 NAMES = ("request", "cancel", "update", "ack", "status")
 
@@ -19,16 +21,3 @@ def schema(name: str) -> dict[str, Any]:
     text = resources.files(__name__).joinpath(f"{name}.schema.json").read_text("utf-8")
     loaded: dict[str, Any] = json.loads(text)
     return loaded
-
-
-@cache
-def validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
-
-
-def errors(name: str, document: object) -> list[str]:
-    """Every violation of schema ``name`` in ``document``, as readable lines (empty: valid)."""
-    return [
-        f"{'/'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
-        for error in sorted(validator(name).iter_errors(document), key=str)
-    ]

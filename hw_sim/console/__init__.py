@@ -9,7 +9,7 @@ and every agent's retained status.
 * :class:`ConsoleServer` serves the page on top of running simulators.
 * :func:`run_console` is ``hw-sim console``: its own backend on any broker, optionally a car
   on a CAN bus and a fake gpsd.
-* :func:`run_web_demo` is ``connect-agent demo --web``: the whole loop and the page.
+* :func:`run_web_demo` is ``hw-sim demo --web``: the whole loop and the page.
 
 Built on aiohttp (HTTP and WebSocket in one asyncio package, no ASGI server); the page is plain
 HTML, CSS and JavaScript served from ``static/``, with no build step and nothing from the

@@ -1,6 +1,6 @@
 """How fast the console is: ``python -m hw_sim.console.bench [--calls N] [--embedded-broker]``.
 
-Runs the whole loop of ``connect-agent demo --web`` and prints, without a browser:
+Runs the whole loop of ``hw-sim demo --web`` and prints, without a browser:
 
 * first load: the page and its assets fetched over HTTP one after the other, as a browser's
   first visit would (the browser test adds the rendering: ``artifacts/console-timing.json``);

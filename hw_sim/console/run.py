@@ -1,4 +1,4 @@
-"""Entry points: ``hw-sim console`` (:func:`run_console`) and ``connect-agent demo --web``
+"""Entry points: ``hw-sim console`` (:func:`run_console`) and ``hw-sim demo --web``
 (:func:`run_web_demo`). Both run until cancelled (Ctrl-C) and print the page's address."""
 
 from __future__ import annotations
@@ -114,8 +114,8 @@ async def web_demo(
 
     Yields ``(console, scenario)``.
     """
-    # agent.demo imports the broker choice; imported here so hw_sim.console stays light
-    from agent.demo import any_broker  # noqa: PLC0415
+    # hw_sim.demo holds the broker choice; imported here so hw_sim.console stays light
+    from hw_sim.demo import any_broker  # noqa: PLC0415
     from hw_sim.scenario import Scenario  # noqa: PLC0415
 
     async with (
@@ -146,7 +146,7 @@ async def run_web_demo(
     protocol: str = "5",
     verbose: bool = False,
 ) -> None:
-    """``connect-agent demo --web``: the whole loop and the page, until Ctrl-C."""
+    """``hw-sim demo --web``: the whole loop and the page, until Ctrl-C."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",

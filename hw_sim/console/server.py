@@ -40,11 +40,11 @@ from typing import Any, Final
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from agent.core.frames import CATEGORY_BY_NAME, ButtonState
-from agent.schemas import errors as schema_errors
 from hw_sim.backend import Received, SimulatedBackend
 from hw_sim.car import LedObserver, SimulatedCar
 from hw_sim.console.board import ACK_STATUSES, Board, iso_ms
 from hw_sim.console.outlines import OutlineSource, region_box
+from hw_sim.contract import errors as schema_errors
 from hw_sim.gpsd import FakeGpsd
 from hw_sim.service import Service
 

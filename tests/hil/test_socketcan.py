@@ -33,7 +33,7 @@ from hilstack import (
 from agent.core.e2e import crc8_sae_j1850
 from agent.core.frames import CONNECT_BUTTON, RECEIVED_IDS, ButtonState, LedMode
 from agent.inputs.uds import RESPONSE_ID
-from agent.schemas import errors as schema_errors
+from hw_sim.contract import errors as schema_errors
 from hw_sim.gpsd import load_route
 from hw_sim.scenario import CONTACT, VEHICLE, VIN
 

@@ -1,4 +1,4 @@
-"""``connect-agent demo``: the whole loop in one process, on the embedded defaults.
+"""``hw-sim demo``: the whole loop in one process, on the embedded defaults.
 
 python-can ``virtual`` bus with the simulated car, a fake gpsd replaying a route, a broker
 (Mosquitto when installed, else the embedded one), the simulated backend and the real agent.
