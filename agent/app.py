@@ -39,7 +39,7 @@ from agent.core.frames import (
     TyrePressure,
     VehicleStatus,
 )
-from agent.core.geo import GeoDataError, Place, default_geocoder
+from agent.core.geo import DATA_FILE, Geocoder, GeoDataError, Place
 from agent.core.incident import (
     Incident,
     IncidentController,
@@ -102,7 +102,7 @@ class Agent:
             deliver_timeout_s=config.button.deliver_timeout_s,
         )
         self.vehicle = VehicleState()
-        self.geocoder = default_geocoder()
+        self.geocoder = Geocoder(DATA_FILE)
         self.immobilised_since: datetime | None = None  # SAFETY_STATUS Immobilised, wall time
         self.location = LocationTracker()
         self.outbox = Outbox(config.state_dir, config.outbox_limits)
