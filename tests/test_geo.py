@@ -294,3 +294,18 @@ def test_data_file_was_built_by_the_committed_script(geo: Geocoder) -> None:
     assert geo.header["tolerance_m"] == build.TOLERANCE_M
     assert geo.header["bbox"] == list(build.bbox_units())
     assert DATA_FILE.read_bytes().startswith(build.MAGIC)
+
+
+def test_border_runs_near_basel_and_dover(geo: Geocoder) -> None:
+    units = geo.units_per_degree
+    basel = list(geo.border_runs((7.5, 47.5, 7.7, 47.6)))
+    assert basel and not any(run.coast for run in basel)
+    assert all(len(run.points) >= 2 for run in basel)
+    # some vertex lies in the box: the CH/DE/FR tripoint is at about 7.589 E, 47.590 N
+    assert any(
+        7.5 <= x / units <= 7.7 and 47.5 <= y / units <= 47.6
+        for run in basel
+        for x, y in run.points
+    )
+    assert any(run.coast for run in geo.border_runs((1.2, 51.0, 1.5, 51.2)))
+    assert list(geo.border_runs((-30.0, 40.0, -29.9, 40.1))) == []  # open Atlantic

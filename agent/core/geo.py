@@ -42,13 +42,14 @@ import math
 import mmap
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from agent.errors import AgentError
 
-__all__ = ["DATA_FILE", "GeoDataError", "Geocoder", "Place"]
+__all__ = ["DATA_FILE", "BorderRun", "GeoDataError", "Geocoder", "Place"]
 
 DATA_FILE: Final = Path(__file__).resolve().parent.parent / "data" / "geo.bin"
 _MAGIC: Final = b"CAGEO\x00\x00\x01"
@@ -82,6 +83,18 @@ class Place:
 
 
 _NOWHERE: Final = Place(country=None, locality=None)
+
+
+@dataclass(frozen=True, slots=True)
+class BorderRun:
+    """Consecutive border vertices as stored in one quadtree leaf.
+
+    ``points`` are integer data units (``Geocoder.units_per_degree`` to a degree), x east and
+    y north. ``coast``: the run divides a country from the sea rather than from another one.
+    """
+
+    coast: bool
+    points: tuple[tuple[int, int], ...]
 
 
 def _distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -205,6 +218,57 @@ class Geocoder:
         self._cells, self._places, self._names = cells, places, names
         self._views = views
         self._mm = mm
+
+    # -- outlines -----------------------------------------------------------------------------
+
+    @property
+    def units_per_degree(self) -> int:
+        """The data's integer grid: this many units to a degree; maps the file."""
+        self.load()
+        return self._units
+
+    def border_runs(self, bbox: tuple[float, float, float, float]) -> Iterator[BorderRun]:
+        """The border and coast runs of the leaves that meet ``bbox`` (west, south, east, north).
+
+        A run that crosses several leaves comes once for each. Maps the file; raises
+        ``GeoDataError`` when it cannot.
+        """
+        self.load()
+        units = self._units
+        west, south, east, north = bbox
+        qx0, qy0 = math.floor(west * units), math.floor(south * units)
+        qx1, qy1 = math.ceil(east * units), math.ceil(north * units)
+        nodes, leaves, chains = self._nodes, self._leaves, self._chains
+        stack = [(0, *self._bbox)]
+        while stack:
+            index, x0, y0, x1, y1 = stack.pop()
+            if x1 < qx0 or x0 > qx1 or y1 < qy0 or y0 > qy1:
+                continue
+            v = nodes[index]
+            if v >= 0:
+                mx, my = (x0 + x1) // 2, (y0 + y1) // 2
+                stack += [
+                    (v, x0, y0, mx, my),
+                    (v + 1, mx, y0, x1, my),
+                    (v + 2, x0, my, mx, y1),
+                    (v + 3, mx, my, x1, y1),
+                ]
+                continue
+            off = leaves[2 * ~v + 1]
+            if off < 0:
+                continue
+            i = off + 1
+            for _ in range(chains[off]):
+                coast = chains[i + 1] == 0
+                end = i + 4 + chains[i + 2]
+                ax, ay = chains[i + 3], chains[i + 4]
+                points = [(ax, ay)]
+                for step in chains[i + 5 : end]:
+                    ax += step >> 16
+                    ay += ((step & 0xFFFF) ^ 0x8000) - 0x8000
+                    points.append((ax, ay))
+                i = end
+                yield BorderRun(coast, tuple(points))
 
     # -- lookup -------------------------------------------------------------------------------
 
