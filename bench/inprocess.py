@@ -91,13 +91,13 @@ class Rig:
     async def __aenter__(self) -> Rig:
         before = {t.native_id for t in threading.enumerate()}
         self.led.start()
-        await self.ecu.__aenter__()
+        await self.ecu.start()
         self._sim_threads = [
             t.native_id
             for t in threading.enumerate()
             if t.native_id not in before and t.native_id is not None
         ]
-        await self.car.__aenter__()
+        await self.car.start()
         self._task = asyncio.create_task(self.agent.run(self.stop), name="agent")
         agent = self.agent
         await agent.wait_until(
