@@ -26,7 +26,7 @@ from agent.config import Config
 from agent.core.button import ButtonTracker, Held
 from agent.core.clock import rfc3339_ms
 from agent.core.frames import ButtonState, LedMode
-from agent.core.geo import Geocoder
+from agent.core.geo import DATA_FILE, Geocoder
 from agent.core.incident import IncidentController, SendRequest, parse_ack, resumed
 from agent.core.location import Fix, LocationTracker
 from agent.core.policy import CallPolicy, Outgoing
@@ -78,7 +78,8 @@ class Agent:
             on_state=self._on_can_state,
             now_utc=self._now_utc,
         )
-        self.assembler = Assembler(config, self.car, self.location, geocoder or Geocoder())
+        self._own_geocoder = geocoder is None  # made here, so closed here
+        self.assembler = Assembler(config, self.car, self.location, geocoder or Geocoder(DATA_FILE))
         self.uplink = Uplink(config.mqtt, self.car.vin, self.outbox, self, self._status)
         self.serial: SerialButtonInput | None = None
         leds: list[Callable[[LedMode], object]] = [self.car.send_led]
@@ -151,6 +152,8 @@ class Agent:
                 log.info("stopped")
             finally:
                 self._button.stop()
+                if self._own_geocoder:
+                    self.assembler.geocoder.close()
                 if self._led_timer is not None:
                     self._led_timer.cancel()
 
