@@ -142,7 +142,7 @@ def day(value: Any, ctx: Ctx) -> date:
     raise ctx.fail("a date YYYY-MM-DD", value)
 
 
-@check("a file path, relative to the config file's directory")
+@check("a file path (a relative one from the config file's directory)")
 def path(value: Any, ctx: Ctx) -> Path:
     name = text(value, ctx)
     if "\0" in name or any(len(part.encode()) > 255 for part in name.split("/")):

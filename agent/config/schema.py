@@ -186,7 +186,7 @@ class MqttConfig:
 
 @dataclass(frozen=True, slots=True)
 class VehicleSection:
-    """The car (becomes a :class:`~agent.core.request.VehicleProfile`)."""
+    """The car (the request's vehicle object)."""
 
     vin: str = key(
         REQUIRED,
