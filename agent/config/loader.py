@@ -23,12 +23,17 @@ from agent.config.schema import (
     REQUIRED,
     ButtonConfig,
     CanConfig,
+    CoverageSection,
     GpsdConfig,
+    Key,
+    LogSection,
     MqttConfig,
     SerialConfig,
     Settings,
+    StateSection,
     build,
-    flat,
+    section_keys,
+    sections,
     shallow,
 )
 from agent.core.coverage import CoverageProfile
@@ -44,46 +49,48 @@ PERSONAL = frozenset(name for name, k in KEYS.items() if k.personal)
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """The checked configuration: every key as declared, and the objects the agent runs on."""
+    """The checked configuration: one field per section of the file, as the agent uses it.
+
+    ``[vehicle]`` and ``[contact]`` arrive as the core's :class:`VehicleProfile` and
+    :class:`Contact` (same field names as their sections); ``[coverage]`` is ``coverage_file``,
+    since ``coverage`` is the profile it names, loaded.
+    """
 
     source: Path
-    settings: Settings
+    can: CanConfig
+    button: ButtonConfig
+    serial: SerialConfig
+    gpsd: GpsdConfig
+    mqtt: MqttConfig
     vehicle: VehicleProfile
     contact: Contact
-    outbox_limits: Limits
+    state: StateSection
+    coverage_file: CoverageSection
+    log: LogSection
     coverage: CoverageProfile | None
 
     @property
-    def can(self) -> CanConfig:
-        return self.settings.can
-
-    @property
-    def button(self) -> ButtonConfig:
-        return self.settings.button
-
-    @property
-    def serial(self) -> SerialConfig:
-        return self.settings.serial
-
-    @property
-    def gpsd(self) -> GpsdConfig:
-        return self.settings.gpsd
-
-    @property
-    def mqtt(self) -> MqttConfig:
-        return self.settings.mqtt
-
-    @property
     def state_dir(self) -> Path:
-        return self.settings.state.directory
+        return self.state.directory
+
+    @property
+    def outbox_limits(self) -> Limits:
+        return Limits(self.state.max_rows, self.state.max_bytes, self.state.retention_days * 86400)
 
     @property
     def coverage_profile(self) -> Path | None:
-        return self.settings.coverage.profile
+        return self.coverage_file.profile
 
     @property
     def log_level(self) -> str:
-        return self.settings.log.level
+        return self.log.level
+
+    def section(self, name: str) -> Any:
+        """The object holding section ``name``'s keys (``"contact.address"``)."""
+        obj: Any = self
+        for part in name.split("."):
+            obj = getattr(obj, "coverage_file" if obj is self and part == "coverage" else part)
+        return obj
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
@@ -196,15 +203,19 @@ def _build(path: Path, s: Settings) -> Config:
             raise ConfigError(f"{path}: key 'coverage.profile': {exc}") from exc
     if mqtt.reconnect_max_s < mqtt.reconnect_min_s:
         mqtt = dataclasses.replace(mqtt, reconnect_max_s=mqtt.reconnect_min_s)
-        s = dataclasses.replace(s, mqtt=mqtt)
     contact = shallow(s.contact) | {"address": Address(**shallow(s.contact.address))}
-    state = s.state
     return Config(
         source=path,
-        settings=s,
+        can=s.can,
+        button=s.button,
+        serial=s.serial,
+        gpsd=s.gpsd,
+        mqtt=mqtt,
         vehicle=VehicleProfile(**shallow(s.vehicle)),
         contact=Contact(**contact),
-        outbox_limits=Limits(state.max_rows, state.max_bytes, state.retention_days * 86400),
+        state=s.state,
+        coverage_file=s.coverage,
+        log=s.log,
         coverage=profile,
     )
 
@@ -219,14 +230,18 @@ def mask(value: object) -> str | None:
 def effective(config: Config) -> dict[str, dict[str, Any]]:
     """The effective configuration by section, personal data masked (for check-config)."""
     result: dict[str, Any] = {}
-    for name, value in flat(config.settings).items():
-        spec = KEYS[name]
-        *tables, last = name.split(".")
+    for sec in sections():
         table = result
-        for t in tables:
-            table = table.setdefault(t, {})
-        if spec.personal:
-            table[last] = mask(value)
-        else:
-            table[last] = str(value) if isinstance(value, Path) else value
+        for part in sec.name.split("."):
+            table = table.setdefault(part, {})
+        holder = config.section(sec.name)
+        for spec in section_keys(sec):
+            last = spec.name.rpartition(".")[2]
+            table[last] = _shown(spec, getattr(holder, last))
     return result
+
+
+def _shown(spec: Key, value: object) -> object:
+    if spec.personal:
+        return mask(value)
+    return str(value) if isinstance(value, Path) else value

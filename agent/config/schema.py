@@ -353,16 +353,4 @@ def shallow(instance: Any) -> dict[str, Any]:
     return {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance)}
 
 
-def flat(instance: Any, prefix: str = "") -> dict[str, Any]:
-    """The reverse of :func:`build`: dotted name -> value of every key."""
-    result: dict[str, Any] = {}
-    for f in dataclasses.fields(instance):
-        value = getattr(instance, f.name)
-        if f.metadata.get(_SECTION) is not None:
-            result.update(flat(value, f"{prefix}{f.name}."))
-        else:
-            result[prefix + f.name] = value
-    return result
-
-
 KEYS: dict[str, Key] = {spec.name: spec for spec in keys()}
