@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.config import load_profile
 from agent.core.coverage import (
     CATEGORIES,
     CoverageProfile,
     CoverageResult,
     LimitCity,
     evaluate,
-    load_profile,
 )
 from agent.core.geo import DATA_FILE, Geocoder, Place
 from agent.errors import ConfigError
