@@ -182,6 +182,12 @@ class MqttConfig:
     ack_timeout_s: float = key(
         30.0, c.number(1, 3600), "PUBACKed but no backend answer by then: publish it again"
     )
+    publish_timeout_s: float = key(
+        3.0,
+        c.number(0.5, 60),
+        "a request or cancel not PUBACKed by then: the link is dead, reconnect at once "
+        "(above the link's worst round trip plus two retransmissions)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
