@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -127,50 +126,54 @@ def test_retention_purges_old_messages(tmp_path: Path) -> None:
         assert box.open_incident() is None
 
 
-class FullDisk:
-    """A connection whose writes fail as on a full disk (fault injection)."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-        self.full = True
-
-    def execute(self, sql: str, *args: Any) -> Any:
-        if self.full and sql.lstrip().upper().startswith(("INSERT", "DELETE", "UPDATE")):
-            raise sqlite3.OperationalError("database or disk is full")
-        return self.db.execute(sql, *args)
-
-    def close(self) -> None:
-        self.db.close()
-
-
-def test_full_disk_keeps_the_call_in_memory_then_writes_it(tmp_path: Path) -> None:
-    box = Outbox(tmp_path).open()
+@contextlib.contextmanager
+def small_tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A real, tiny filesystem (as root; elsewhere these tests cannot mount)."""
+    mnt.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=False
+        ).returncode
+    ):
+        pytest.skip("needs root and mount(8) for a real full filesystem")
     try:
-        disk = FullDisk(box.db)
-        box._db = disk  # type: ignore[assignment]
-        entry = box.add("request", ID1, 1, T, b"call")
-        assert entry.id < 0
-        assert not box.healthy
-        assert [e.payload for e in box.pending()] == [b"call"]  # still sent
-        assert box.count() == 1
-        disk.full = False
-        box.add("update", ID1, 1, T, b"later")  # the next write flushes memory first
-        assert [(e.kind, e.id > 0) for e in box.pending()] == [
-            ("request", True),
-            ("update", True),
-        ]
-        assert box.healthy
+        yield mnt
     finally:
-        box.close()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_memory_entry_acknowledged_before_the_disk_recovers(tmp_path: Path) -> None:
-    with Outbox(tmp_path) as box:
-        disk = FullDisk(box.db)
-        box._db = disk  # type: ignore[assignment]
-        entry = box.add("request", ID1, 1, T, b"call")
-        box.remove(entry)
-        assert box.count() == 0
+def fill(mnt: Path) -> None:
+    with contextlib.suppress(OSError), (mnt / "filler").open("wb") as f:
+        while True:
+            f.write(b"\0" * 4096)
+            f.flush()
+
+
+def test_a_filesystem_that_fills_up_while_running_keeps_every_call(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "mnt", "512k") as mnt:
+        box = Outbox(mnt).open()
+        try:
+            stored = box.add("request", ID1, 1, T, b"on disk")
+            fill(mnt)
+            big = box.add("request", ID2, 1, T, b"x" * 20_000)  # the WAL cannot grow
+            assert big.id < 0 and box.storage == "memory"
+            assert box.counters["write_errors"] >= 1
+            assert [e.payload for e in box.pending()] == [b"on disk", big.payload]  # all sent
+            box.remove(stored)  # delivered while the disk refused
+            (mnt / "filler").unlink()  # space again
+            box._last_try = float("-inf")  # do not wait RETRY_S for the next try
+            box.add("update", ID2, 1, T, b"later")
+            assert box.storage == "disk"
+            assert [(e.payload, e.id > 0) for e in box.pending()] == [
+                (big.payload, True),
+                (b"later", True),
+            ]
+            assert not list(mnt.glob("*.corrupt-*"))
+        finally:
+            box.close()
+        with Outbox(mnt) as again:  # what was delivered meanwhile is not sent again
+            assert [e.payload for e in again.pending()] == [big.payload, b"later"]
 
 
 def test_unusable_state_directory_runs_from_memory_then_moves_to_disk(tmp_path: Path) -> None:

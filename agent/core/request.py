@@ -190,6 +190,7 @@ def build_status(
     open_incident: str | None,
     outbox_pending: int,
     oldest_pending_s: float | None,
+    storage: str,
     counters: dict[str, int],
 ) -> dict[str, Any]:
     """The retained status document (SPEC §6): health and counters, never a position."""
@@ -203,5 +204,6 @@ def build_status(
         "open_incident": open_incident,
         "outbox_pending": outbox_pending,
         "oldest_pending_s": None if oldest_pending_s is None else round(oldest_pending_s, 1),
+        "storage": storage,
         "counters": {name: n for name, n in sorted(counters.items()) if n},
     }

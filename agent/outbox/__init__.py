@@ -60,6 +60,7 @@ class Outbox:
         self._last_try = float("-inf")
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._incident: StoredIncident | None = None  # the open incident, whatever the disk does
+        self._on_disk: set[tuple[str, str, int]] = set()  # keys the file held when it failed
 
     def _count(self, name: str, n: int = 1) -> None:
         if n:
@@ -183,6 +184,26 @@ class Outbox:
             with contextlib.suppress(OSError):
                 self._move_aside(exc)
             self._rehome(rescued)
+        elif self._db is not None:
+            self._degrade()
+
+    def _degrade(self) -> None:
+        """The disk refuses (full, read-only, I/O error): carry on from memory, all of it.
+
+        Every row the file holds moves into memory, so nothing on disk waits unseen for the
+        disk to come back; the disk is retried every RETRY_S. Which keys the file holds is
+        remembered, so that what was delivered meanwhile is deleted from it on the way back.
+        """
+        assert self._db is not None
+        try:
+            query = f"SELECT {sqlite_file.COLUMNS} FROM messages ORDER BY id"
+            rows = [Entry(*row) for row in self._db.execute(query).fetchall()]
+        except sqlite3.Error:
+            rows, _ = sqlite_file.salvage(self.path)
+        self._drop_connection()  # never close(): its scrub would fail and land here again
+        self._last_try = self._monotonic()
+        self._memory.hold_first(rows)
+        self._on_disk = {(e.kind, e.incident_id, e.sequence) for e in rows}
 
     def _rehome(self, rows: list[Entry]) -> None:
         """Start a new file with ``rows`` (oldest first) and what memory holds, in that order.
@@ -206,6 +227,16 @@ class Outbox:
 
     def _flush_memory(self) -> None:
         """Try to put entries held in memory on disk, in order."""
+        held = {(e.kind, e.incident_id, e.sequence) for e in self._memory}
+        for gone in self._on_disk - held:  # delivered while the disk refused: not again
+            try:
+                self.db.execute(
+                    "DELETE FROM messages WHERE kind=? AND incident_id=? AND sequence=?", gone
+                )
+            except sqlite3.Error:
+                return
+            self._dirty = True
+        self._on_disk = set()
         for entry in list(self._memory):
             try:
                 self._insert(entry)
