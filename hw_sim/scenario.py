@@ -169,6 +169,16 @@ class Scenario(Service):
             async with asyncio.timeout(timeout):
                 await task
 
+    async def restart_agent(self) -> None:
+        """Stop the agent as SIGTERM does and start a new one on the same state and config,
+        as systemd would; returns once it is online again."""
+        await self.stop_agent()
+        self.stop = asyncio.Event()
+        self.agent = Agent(self.config)
+        self._task = asyncio.create_task(self.agent.run(self.stop), name="agent")
+        await self.agent.started.wait()
+        await self.agent.wait_until(lambda: self.agent.uplink.connected, 15)
+
     async def aclose(self) -> None:
         """Stop the agent, then the simulators, and close the buses (safe to call twice)."""
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import stat
 import subprocess
 import time
@@ -309,3 +310,28 @@ def test_a_state_directory_removed_under_the_agent_is_rebuilt_with_every_message
             b"written into the unlinked file",
         ]
         assert again.open_incident() is not None
+
+
+def test_a_file_from_the_first_release_gets_the_new_incident_columns(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / FILENAME)
+    old.executescript(
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,"
+        " incident_id TEXT NOT NULL, sequence INTEGER NOT NULL, topic TEXT NOT NULL,"
+        " payload BLOB NOT NULL, created_at REAL NOT NULL, UNIQUE (kind, incident_id, sequence));"
+        "CREATE TABLE incidents (incident_id TEXT PRIMARY KEY, sequence INTEGER NOT NULL,"
+        " opened_at REAL NOT NULL, acked INTEGER NOT NULL DEFAULT 0, closed_at REAL);"
+    )
+    opened = time.time() - 60
+    old.execute("INSERT INTO incidents VALUES (?, 2, ?, 0, NULL)", (ID1, opened))
+    old.commit()
+    old.close()
+    with Outbox(tmp_path) as box:
+        stored = box.open_incident()
+        assert stored is not None
+        assert (stored.sequence, stored.update_sequence, stored.request) == (2, 0, None)
+        box.save_incident(ID1, 2, stored.opened_at, False, update_sequence=4, request=b"{}")
+    with Outbox(tmp_path) as box:
+        stored = box.open_incident()
+        assert stored is not None and (stored.update_sequence, stored.request) == (4, b"{}")
+        assert stored.opened_at == opened
+        assert box.counters.get("replaced_corrupt", 0) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -174,6 +175,11 @@ def update_due(
     if lat1 is None or lon1 is None or lat2 is None or lon2 is None:
         return (lat1, lon1) != (lat2, lon2)
     return distance_m(lat1, lon1, lat2, lon2) > UPDATE_MOVE_M
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    """A payload as it goes on the wire and into the outbox: compact UTF-8 JSON."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 CAN_STATES = ("ok", "error", "down")  # what the status schema allows besides "unknown"

@@ -454,8 +454,20 @@ class Outbox:
 
     # -- incidents --------------------------------------------------------------------------
 
-    def save_incident(self, incident_id: str, sequence: int, opened_at: float, acked: bool) -> None:
-        self._incident = StoredIncident(incident_id, sequence, opened_at, acked)
+    def save_incident(
+        self,
+        incident_id: str,
+        sequence: int,
+        opened_at: float,
+        acked: bool,
+        *,
+        update_sequence: int = 0,
+        request: bytes | None = None,
+    ) -> None:
+        """Keep what a restart needs of the open incident (see StoredIncident)."""
+        self._incident = StoredIncident(
+            incident_id, sequence, opened_at, acked, update_sequence, request
+        )
         self._write_incident(self._incident)
 
     def close_incident(self, incident_id: str) -> None:
@@ -478,10 +490,18 @@ class Outbox:
             return
         try:
             self._db.execute(
-                "INSERT INTO incidents (incident_id, sequence, opened_at, acked) VALUES (?,?,?,?) "
+                f"INSERT INTO incidents ({sqlite_file.INCIDENT_COLUMNS}) VALUES (?,?,?,?,?,?) "
                 "ON CONFLICT(incident_id) DO UPDATE SET sequence=excluded.sequence, "
-                "acked=excluded.acked",
-                (incident.incident_id, incident.sequence, incident.opened_at, int(incident.acked)),
+                "acked=excluded.acked, update_sequence=excluded.update_sequence, "
+                "request=excluded.request",
+                (
+                    incident.incident_id,
+                    incident.sequence,
+                    incident.opened_at,
+                    int(incident.acked),
+                    incident.update_sequence,
+                    incident.request,
+                ),
             )
         except sqlite3.Error as exc:
             self._failed("saving the incident", exc)
@@ -489,10 +509,10 @@ class Outbox:
     def _read_incident(self) -> StoredIncident | None:
         try:
             row = self.db.execute(
-                "SELECT incident_id, sequence, opened_at, acked FROM incidents "
+                f"SELECT {sqlite_file.INCIDENT_COLUMNS} FROM incidents "
                 "WHERE closed_at IS NULL ORDER BY opened_at DESC LIMIT 1"
             ).fetchone()
         except sqlite3.Error as exc:
             self._failed("reading incidents", exc)
             return None
-        return None if row is None else StoredIncident(row[0], row[1], row[2], bool(row[3]))
+        return None if row is None else sqlite_file.incident(row)

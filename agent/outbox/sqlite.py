@@ -8,6 +8,7 @@ import logging
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from agent.outbox.entries import Entry, StoredIncident
 
@@ -30,9 +31,17 @@ CREATE TABLE IF NOT EXISTS incidents (
     sequence INTEGER NOT NULL,
     opened_at REAL NOT NULL,
     acked INTEGER NOT NULL DEFAULT 0,
-    closed_at REAL
+    closed_at REAL,
+    update_sequence INTEGER NOT NULL DEFAULT 0,
+    request BLOB
 );
 """
+# columns added since the first release: a file written by it gets them on open
+_ADDED = (
+    ("incidents", "update_sequence", "INTEGER NOT NULL DEFAULT 0"),
+    ("incidents", "request", "BLOB"),
+)
+INCIDENT_COLUMNS = "incident_id, sequence, opened_at, acked, update_sequence, request"
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -49,6 +58,10 @@ def connect(path: Path) -> sqlite3.Connection:
         if result is None or result[0] != "ok":
             raise sqlite3.DatabaseError(f"integrity check failed: {result}")
         db.executescript(_SCHEMA)
+        for table, column, kind in _ADDED:
+            present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     except sqlite3.Error:
         db.close()
         raise
@@ -72,14 +85,15 @@ def salvage(path: Path) -> tuple[list[Entry], list[StoredIncident]]:
             rows = db.execute(f"SELECT {COLUMNS} FROM messages ORDER BY id").fetchall()
             entries = [Entry(*row) for row in rows]
         with contextlib.suppress(sqlite3.Error, TypeError):
-            rows = db.execute(
-                "SELECT incident_id, sequence, opened_at, acked FROM incidents "
-                "WHERE closed_at IS NULL"
-            ).fetchall()
-            incidents = [StoredIncident(r[0], r[1], r[2], bool(r[3])) for r in rows]
+            query = f"SELECT {INCIDENT_COLUMNS} FROM incidents WHERE closed_at IS NULL"
+            incidents = [incident(row) for row in db.execute(query).fetchall()]
         return entries, incidents
     finally:
         db.close()
+
+
+def incident(row: tuple[Any, ...]) -> StoredIncident:
+    return StoredIncident(row[0], row[1], row[2], bool(row[3]), row[4], row[5])
 
 
 def quick_check(path: Path) -> str | None:
