@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sqlite3
 import stat
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -335,3 +338,58 @@ def test_a_file_from_the_first_release_gets_the_new_incident_columns(tmp_path: P
         assert stored is not None and (stored.update_sequence, stored.request) == (4, b"{}")
         assert stored.opened_at == opened
         assert box.counters.get("replaced_corrupt", 0) == 0
+
+
+def test_only_one_quarantined_file_is_kept_and_it_goes_with_the_retention(
+    tmp_path: Path,
+) -> None:
+    """A quarantined file holds names, phones and positions: never a collection of them."""
+    for _ in range(3):
+        (tmp_path / FILENAME).write_bytes(b"this is not a database" * 100)
+        with Outbox(tmp_path, Limits(retention_s=86400)) as box:
+            assert box.counters["replaced_corrupt"] == 1
+    assert sorted(p.name for p in tmp_path.glob("*.corrupt-*")) == [f"{FILENAME}.corrupt-3"]
+    aside = tmp_path / f"{FILENAME}.corrupt-3"
+    with Outbox(tmp_path, Limits(retention_s=86400)) as box:
+        old = time.time() - 86400 - 1
+        os.utime(aside, (old, old))
+        box.purge_expired()
+    assert not list(tmp_path.glob("*.corrupt-*"))
+
+
+PROBE = """
+import sys
+from agent.outbox import Outbox
+box = Outbox(sys.argv[1]).open()
+box.add("request", "id", 1, "t", b"the call")
+print(box.storage, box.counters.get("open_errors", 0), [e.payload for e in box.pending()])
+"""
+
+
+def test_a_state_directory_of_mode_000_runs_from_memory_for_the_service_user(
+    tmp_path: Path,
+) -> None:
+    """The service runs unprivileged; root would read a mode-000 directory, so the probe runs
+    as uid 65534 (setpriv) when the tests run as root."""
+    base = Path(tempfile.mkdtemp(prefix="outbox-000-", dir="/tmp"))
+    try:
+        state = base / "state"
+        state.mkdir(mode=0o000)
+        state.chmod(0o000)
+        runner = []
+        if os.geteuid() == 0:
+            base.chmod(0o755)
+            runner = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        result = subprocess.run(
+            [*runner, sys.executable, "-c", PROBE, str(state)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split(maxsplit=2) == ["memory", "1", "[b'the call']\n"]
+    finally:
+        (base / "state").chmod(0o700)
+        shutil.rmtree(base)

@@ -433,6 +433,11 @@ class Outbox:
         cutoff = self._clock() - self.limits.retention_s
         if self._incident is not None and self._incident.opened_at < cutoff:
             self._incident = None
+        for old in sqlite_file.quarantined(self.path):  # personal data too: same retention
+            with contextlib.suppress(OSError):
+                if old.stat().st_mtime < cutoff:
+                    sqlite_file.remove_quarantined(old)
+                    log.info("outbox: quarantined %s purged after the retention period", old.name)
         if self._db is None or self._memory:
             self.retry_disk()  # called periodically by the agent: the disk's retry tick too
         if self._db is None:

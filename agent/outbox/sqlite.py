@@ -121,15 +121,39 @@ def identity(path: Path) -> tuple[int, int] | None:
 
 
 def move_aside(path: Path, reason: Exception) -> None:
-    """Rename the file (and its WAL and SHM) to the first free ``*.corrupt-N``."""
-    n = 1
-    while (aside := path.with_name(f"{path.name}.corrupt-{n}")).exists():
-        n += 1
+    """Rename the file (and its WAL and SHM) to the next ``*.corrupt-N``, keeping only that one.
+
+    A quarantined file holds what the damaged one held (names, phones, positions): one is kept
+    for a post-mortem, never a collection of them, and it goes with the retention period.
+    """
+    earlier = quarantined(path)
+    n = 1 + max((int(p.name.rsplit("-", 1)[1]) for p in earlier), default=0)
+    aside = path.with_name(f"{path.name}.corrupt-{n}")
     log.error("outbox %s is unusable (%s); moved aside to %s", path, reason, aside.name)
     for suffix in ("", "-wal", "-shm"):
         src = Path(str(path) + suffix)
         if src.exists():
             src.rename(Path(str(aside) + suffix))
+    for old in earlier:
+        remove_quarantined(old)
+
+
+def quarantined(path: Path) -> list[Path]:
+    """The ``*.corrupt-N`` main files beside ``path``."""
+    prefix = f"{path.name}.corrupt-"
+    with contextlib.suppress(OSError):
+        return [
+            p
+            for p in path.parent.iterdir()
+            if p.name.startswith(prefix) and p.name[len(prefix) :].isdigit()
+        ]
+    return []
+
+
+def remove_quarantined(main: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(str(main) + suffix).unlink()
 
 
 COLUMNS = "id, kind, incident_id, sequence, topic, payload, created_at"
