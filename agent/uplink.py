@@ -41,10 +41,6 @@ CONNACK_TIMEOUT_S = 10.0
 URGENT = ("request", "cancel")  # what the driver is waiting for
 
 
-def key(entry: Entry) -> tuple[str, str, int]:
-    return entry.kind, entry.incident_id, entry.sequence
-
-
 class UplinkEvents(Protocol):
     def on_delivered(self, entry: Entry) -> None: ...
     def on_ack(self, payload: bytes) -> None: ...
@@ -128,7 +124,7 @@ class Uplink:
                 self._wake.set()
             return
         for entry in self.outbox.pending():
-            if key(entry) in self._sent:
+            if entry.key in self._sent:
                 continue
             info = client.publish(
                 entry.topic, entry.payload, qos=1, properties=self._properties(entry)
@@ -143,7 +139,7 @@ class Uplink:
                 )
                 break
             self._inflight[info.mid] = entry
-            self._sent.add(key(entry))
+            self._sent.add(entry.key)
             if entry.kind in URGENT and self._loop is not None:
                 self._loop.call_later(self.publish_timeout_s, self._deadline, client, info.mid)
         self._flush()
@@ -395,7 +391,7 @@ class Uplink:
             )
             return
         self.outbox.remove(entry)
-        self._sent.discard(key(entry))
+        self._sent.discard(entry.key)
         if self._loop is not None:
             self._loop.call_soon(self.outbox.scrub)  # before anyone looks, after the delivery
         self.events.on_delivered(entry)

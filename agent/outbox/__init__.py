@@ -23,13 +23,12 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
 from agent.errors import OutboxError
 from agent.outbox import sqlite as sqlite_file
-from agent.outbox.entries import EVICTABLE, Entry, Limits, StoredIncident
+from agent.outbox.entries import Entry, Limits, StoredIncident
 from agent.outbox.memory import MemoryQueue
 from agent.outbox.sqlite import FILENAME
 
@@ -196,14 +195,13 @@ class Outbox:
         """
         assert self._db is not None
         try:
-            query = f"SELECT {sqlite_file.COLUMNS} FROM messages ORDER BY id"
-            rows = [Entry(*row) for row in self._db.execute(query).fetchall()]
+            rows = sqlite_file.entries(self._db)
         except sqlite3.Error:
             rows, _ = sqlite_file.salvage(self.path)
         self._drop_connection()  # never close(): its scrub would fail and land here again
         self._last_try = self._monotonic()
         self._memory.hold_first(rows)
-        self._on_disk = {(e.kind, e.incident_id, e.sequence) for e in rows}
+        self._on_disk = {e.key for e in rows}
 
     def _rehome(self, rows: list[Entry]) -> None:
         """Start a new file with ``rows`` (oldest first) and what memory holds, in that order.
@@ -227,12 +225,10 @@ class Outbox:
 
     def _flush_memory(self) -> None:
         """Try to put entries held in memory on disk, in order."""
-        held = {(e.kind, e.incident_id, e.sequence) for e in self._memory}
+        held = {e.key for e in self._memory}
         for gone in self._on_disk - held:  # delivered while the disk refused: not again
             try:
-                self.db.execute(
-                    "DELETE FROM messages WHERE kind=? AND incident_id=? AND sequence=?", gone
-                )
+                sqlite_file.delete(self.db, gone)
             except sqlite3.Error:
                 return
             self._dirty = True
@@ -253,26 +249,7 @@ class Outbox:
     def _insert(self, entry: Entry) -> Entry:
         if self._db is None:
             raise sqlite3.OperationalError("outbox is not open")
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO messages "
-            "(kind, incident_id, sequence, topic, payload, created_at) VALUES (?,?,?,?,?,?)",
-            (
-                entry.kind,
-                entry.incident_id,
-                entry.sequence,
-                entry.topic,
-                entry.payload,
-                entry.created_at,
-            ),
-        )
-        if cursor.rowcount == 0:  # already stored: idempotent by (kind, incident_id, sequence)
-            row = self._db.execute(
-                "SELECT id, created_at FROM messages WHERE kind=? AND incident_id=? AND sequence=?",
-                (entry.kind, entry.incident_id, entry.sequence),
-            ).fetchone()
-            return replace(entry, id=row[0], created_at=row[1])
-        assert cursor.lastrowid is not None
-        return replace(entry, id=cursor.lastrowid)
+        return sqlite_file.insert(self._db, entry)
 
     def add(self, kind: str, incident_id: str, sequence: int, topic: str, payload: bytes) -> Entry:
         """Store a message durably (committed and synced) and return it.
@@ -280,7 +257,7 @@ class Outbox:
         Never raises for a disk problem: the message is then kept in memory and still sent.
         """
         entry = Entry(0, kind, incident_id, sequence, topic, payload, self._clock())
-        held = self._memory.find(kind, incident_id, sequence)
+        held = self._memory.find((kind, incident_id, sequence))
         if held is not None:  # de-duplicated by key, as the disk's UNIQUE is
             return held
         if not self._make_room(entry):
@@ -297,53 +274,33 @@ class Outbox:
             self._failed(f"storing {kind} {incident_id}/{sequence}", exc)
         return self._memory.hold(entry)
 
-    def _usage(self) -> tuple[int, int]:
-        row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages")
-        rows, size = row.fetchone()
-        return int(rows), int(size)
-
     def _make_room(self, entry: Entry) -> bool:
         """Evict the oldest updates until ``entry`` fits; False if an update does not fit."""
+        room, evicted = "fits", 0
         if self._db is None:
             room, evicted = self._memory.make_room(entry)
-            self._count("updates_evicted", evicted)
-            self._count("over_limit", room == "over")
-            return room != "refused"
-        try:
-            rows, size = self._usage()
-            while rows + 1 > self.limits.max_rows or size + len(entry.payload) > (
-                self.limits.max_bytes
-            ):
-                victim = self.db.execute(
-                    "SELECT id, LENGTH(payload) FROM messages WHERE kind=? ORDER BY id LIMIT 1",
-                    (EVICTABLE,),
-                ).fetchone()
-                if victim is None:
-                    if entry.kind == EVICTABLE:
-                        return False
-                    self._count("over_limit")
-                    log.warning(
-                        "outbox over its limits: keeping %s %s/%d anyway",
-                        entry.kind,
-                        entry.incident_id,
-                        entry.sequence,
-                    )
-                    return True
-                self.db.execute("DELETE FROM messages WHERE id=?", (victim[0],))
-                self._count("updates_evicted")
-                rows, size = rows - 1, size - int(victim[1])
-        except sqlite3.Error as exc:
-            self._failed("checking limits", exc)
-        return True
+        else:
+            try:
+                room, evicted = sqlite_file.make_room(self._db, entry, self.limits)
+            except sqlite3.Error as exc:
+                self._failed("checking limits", exc)
+        self._count("updates_evicted", evicted)
+        if room == "over":
+            self._count("over_limit")
+            log.warning(
+                "outbox over its limits: keeping %s %s/%d anyway",
+                entry.kind,
+                entry.incident_id,
+                entry.sequence,
+            )
+        return room != "refused"
 
     def pending(self) -> list[Entry]:
         """Every message not yet acknowledged by the broker, oldest first."""
         entries: list[Entry] = []
         if self._db is not None:
             try:
-                query = f"SELECT {sqlite_file.COLUMNS} FROM messages ORDER BY id"
-                rows = self._db.execute(query).fetchall()
-                entries = [Entry(*row) for row in rows]
+                entries = sqlite_file.entries(self._db)
             except sqlite3.Error as exc:
                 self._failed("reading", exc)
         entries += self._memory
@@ -355,14 +312,11 @@ class Outbox:
         By its key (kind, incident_id, sequence), never by row id: a file replaced after damage
         numbers its rows again, and a late PUBACK must remove only the message it acknowledges.
         """
-        self._memory.remove_key(entry.kind, entry.incident_id, entry.sequence)
+        self._memory.remove_key(entry.key)
         if self._db is None:
             return
         try:
-            self._db.execute(
-                "DELETE FROM messages WHERE kind=? AND incident_id=? AND sequence=?",
-                (entry.kind, entry.incident_id, entry.sequence),
-            )
+            sqlite_file.delete(self._db, entry.key)
             self._dirty = True
         except sqlite3.Error as exc:
             self._failed("deleting", exc)
@@ -433,20 +387,13 @@ class Outbox:
         cutoff = self._clock() - self.limits.retention_s
         if self._incident is not None and self._incident.opened_at < cutoff:
             self._incident = None
-        for old in sqlite_file.quarantined(self.path):  # personal data too: same retention
-            with contextlib.suppress(OSError):
-                if old.stat().st_mtime < cutoff:
-                    sqlite_file.remove_quarantined(old)
-                    log.info("outbox: quarantined %s purged after the retention period", old.name)
+        sqlite_file.purge_quarantined(self.path, cutoff)  # personal data too: same retention
         if self._db is None or self._memory:
             self.retry_disk()  # called periodically by the agent: the disk's retry tick too
         if self._db is None:
             return 0
         try:
-            gone = self.db.execute("DELETE FROM messages WHERE created_at < ?", (cutoff,)).rowcount
-            self.db.execute(
-                "DELETE FROM incidents WHERE opened_at < ? OR closed_at < ?", (cutoff, cutoff)
-            )
+            gone = sqlite_file.purge(self.db, cutoff)
         except sqlite3.Error as exc:
             self._failed("purging", exc)
             return 0
@@ -494,30 +441,13 @@ class Outbox:
         if self._db is None:
             return
         try:
-            self._db.execute(
-                f"INSERT INTO incidents ({sqlite_file.INCIDENT_COLUMNS}) VALUES (?,?,?,?,?,?) "
-                "ON CONFLICT(incident_id) DO UPDATE SET sequence=excluded.sequence, "
-                "acked=excluded.acked, update_sequence=excluded.update_sequence, "
-                "repeat=excluded.repeat",
-                (
-                    incident.incident_id,
-                    incident.sequence,
-                    incident.opened_at,
-                    int(incident.acked),
-                    incident.update_sequence,
-                    incident.repeat,
-                ),
-            )
+            sqlite_file.write_incident(self._db, incident)
         except sqlite3.Error as exc:
             self._failed("saving the incident", exc)
 
     def _read_incident(self) -> StoredIncident | None:
         try:
-            row = self.db.execute(
-                f"SELECT {sqlite_file.INCIDENT_COLUMNS} FROM incidents "
-                "WHERE closed_at IS NULL ORDER BY opened_at DESC LIMIT 1"
-            ).fetchone()
+            return sqlite_file.read_incident(self.db)
         except sqlite3.Error as exc:
             self._failed("reading incidents", exc)
             return None
-        return None if row is None else sqlite_file.incident(row)

@@ -18,6 +18,11 @@ class Entry:
     payload: bytes
     created_at: float  # unix time
 
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """What identifies a message, on disk, in memory and at the backend."""
+        return self.kind, self.incident_id, self.sequence
+
 
 @dataclass(frozen=True, slots=True)
 class StoredIncident:

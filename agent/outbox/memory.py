@@ -24,9 +24,9 @@ class MemoryQueue:
         """Oldest first."""
         return iter(sorted(self._entries.values(), key=lambda e: -e.id))
 
-    def find(self, kind: str, incident_id: str, sequence: int) -> Entry | None:
+    def find(self, key: tuple[str, str, int]) -> Entry | None:
         for held in self._entries.values():
-            if (held.kind, held.incident_id, held.sequence) == (kind, incident_id, sequence):
+            if held.key == key:
                 return held
         return None
 
@@ -40,8 +40,8 @@ class MemoryQueue:
     def remove(self, entry_id: int) -> None:
         self._entries.pop(entry_id, None)
 
-    def remove_key(self, kind: str, incident_id: str, sequence: int) -> None:
-        held = self.find(kind, incident_id, sequence)
+    def remove_key(self, key: tuple[str, str, int]) -> None:
+        held = self.find(key)
         if held is not None:
             del self._entries[held.id]
 
@@ -50,7 +50,7 @@ class MemoryQueue:
         later = list(self)
         self._entries.clear()
         for entry in [*entries, *later]:
-            if self.find(entry.kind, entry.incident_id, entry.sequence) is None:
+            if self.find(entry.key) is None:
                 self.hold(entry)
 
     def make_room(self, entry: Entry) -> tuple[str, int]:

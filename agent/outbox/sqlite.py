@@ -7,10 +7,11 @@ import contextlib
 import logging
 import os
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from agent.outbox.entries import Entry, StoredIncident
+from agent.outbox.entries import EVICTABLE, Entry, Limits, StoredIncident
 
 log = logging.getLogger("agent.outbox")
 
@@ -150,6 +151,15 @@ def quarantined(path: Path) -> list[Path]:
     return []
 
 
+def purge_quarantined(path: Path, cutoff: float) -> None:
+    """Remove the quarantined files last written before ``cutoff`` (unix time)."""
+    for old in quarantined(path):
+        with contextlib.suppress(OSError):
+            if old.stat().st_mtime < cutoff:
+                remove_quarantined(old)
+                log.info("outbox: quarantined %s purged after the retention period", old.name)
+
+
 def remove_quarantined(main: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
@@ -167,3 +177,90 @@ def is_corruption(exc: sqlite3.DatabaseError) -> bool:
     if code is not None:
         return (code & 0xFF) in _CORRUPTION_CODES
     return not isinstance(exc, sqlite3.OperationalError)  # our integrity-check failure
+
+
+# -- statements on an open file (each may raise sqlite3.Error) ------------------------------
+
+
+def insert(db: sqlite3.Connection, entry: Entry) -> Entry:
+    """Store ``entry``; idempotent by (kind, incident_id, sequence): the stored one wins."""
+    cursor = db.execute(
+        "INSERT OR IGNORE INTO messages "
+        "(kind, incident_id, sequence, topic, payload, created_at) VALUES (?,?,?,?,?,?)",
+        (
+            entry.kind,
+            entry.incident_id,
+            entry.sequence,
+            entry.topic,
+            entry.payload,
+            entry.created_at,
+        ),
+    )
+    if cursor.rowcount == 0:  # already stored
+        row = db.execute(
+            "SELECT id, created_at FROM messages WHERE kind=? AND incident_id=? AND sequence=?",
+            entry.key,
+        ).fetchone()
+        return replace(entry, id=row[0], created_at=row[1])
+    assert cursor.lastrowid is not None
+    return replace(entry, id=cursor.lastrowid)
+
+
+def make_room(db: sqlite3.Connection, entry: Entry, limits: Limits) -> tuple[str, int]:
+    """Evict the oldest updates until ``entry`` fits: ("fits" | "over" | "refused", evicted),
+    as :meth:`MemoryQueue.make_room` does for what memory holds."""
+    row = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages")
+    rows, size = (int(n) for n in row.fetchone())
+    evicted = 0
+    while rows + 1 > limits.max_rows or size + len(entry.payload) > limits.max_bytes:
+        victim = db.execute(
+            "SELECT id, LENGTH(payload) FROM messages WHERE kind=? ORDER BY id LIMIT 1",
+            (EVICTABLE,),
+        ).fetchone()
+        if victim is None:
+            return ("refused" if entry.kind == EVICTABLE else "over"), evicted
+        db.execute("DELETE FROM messages WHERE id=?", (victim[0],))
+        evicted += 1
+        rows, size = rows - 1, size - int(victim[1])
+    return "fits", evicted
+
+
+def write_incident(db: sqlite3.Connection, incident: StoredIncident) -> None:
+    db.execute(
+        f"INSERT INTO incidents ({INCIDENT_COLUMNS}) VALUES (?,?,?,?,?,?) "
+        "ON CONFLICT(incident_id) DO UPDATE SET sequence=excluded.sequence, "
+        "acked=excluded.acked, update_sequence=excluded.update_sequence, "
+        "repeat=excluded.repeat",
+        (
+            incident.incident_id,
+            incident.sequence,
+            incident.opened_at,
+            int(incident.acked),
+            incident.update_sequence,
+            incident.repeat,
+        ),
+    )
+
+
+def read_incident(db: sqlite3.Connection) -> StoredIncident | None:
+    row = db.execute(
+        f"SELECT {INCIDENT_COLUMNS} FROM incidents "
+        "WHERE closed_at IS NULL ORDER BY opened_at DESC LIMIT 1"
+    ).fetchone()
+    return None if row is None else incident(row)
+
+
+def entries(db: sqlite3.Connection) -> list[Entry]:
+    """Every message in the file, oldest first."""
+    return [Entry(*row) for row in db.execute(f"SELECT {COLUMNS} FROM messages ORDER BY id")]
+
+
+def delete(db: sqlite3.Connection, key: tuple[str, str, int]) -> None:
+    db.execute("DELETE FROM messages WHERE kind=? AND incident_id=? AND sequence=?", key)
+
+
+def purge(db: sqlite3.Connection, cutoff: float) -> int:
+    """Delete messages and incidents from before ``cutoff``; returns the messages gone."""
+    gone = db.execute("DELETE FROM messages WHERE created_at < ?", (cutoff,)).rowcount
+    db.execute("DELETE FROM incidents WHERE opened_at < ? OR closed_at < ?", (cutoff, cutoff))
+    return int(gone)
