@@ -4,16 +4,17 @@
 usage: hil/powercut.py [--expect-failure]
 
 An ext4 image (``mkfs.ext4`` on a sparse file) is the UML machine's block device ``/dev/ubda``,
-mounted at /run/state inside (hil/run-in-uml.sh, ``HIL_UBD0``). hil/powercut_writer.py stores
-calls there through the product's ``agent.outbox.Outbox`` and prints ``COMMITTED <key>`` only
-after ``Outbox.add`` returned; it removes the oldest messages and checkpoints the WAL as PUBACKs
-do. At a random moment after it is ready, the UML kernel's whole process group is SIGKILLed
-(the power cut: the guest's page cache is gone; what the ubd driver had written is on the
-image). The next boot mounts the same image (the kernel replays the ext4 journal), opens the
-outbox and reports what it holds, and this script checks it against what the writer had
-reported before the cut:
+mounted at /run/state inside (hil/run-in-uml.sh, ``HIL_UBD0``). hil/powercut_writer.py stores calls
+there through the product's ``agent.outbox.Outbox`` and reports ``COMMITTED <key>`` only after
+``Outbox.add`` returned; it removes the oldest messages and checkpoints the WAL as PUBACKs do. The
+report is a log on hostfs (one write and fsync per line, straight to the host's file), so after the
+cut the host holds exactly what had been reported. At a random moment after the writer is ready, the
+UML kernel's whole process group is SIGKILLed (the power cut: the guest's page cache is gone; what
+the ubd driver had written is on the image). The next boot mounts the same image (the kernel replays
+the ext4 journal), opens the outbox and reports what it holds, and this script checks it against
+what the writer had reported before the cut:
 
-- every key reported COMMITTED (and not reported REMOVED) is pending: none lost;
+- every key reported COMMITTED (and whose removal was not announced) is pending: none lost;
 - no key reported REMOVED came back; no key is pending twice; every payload and topic is the
   one that key was written with (sha256), and the row count agrees;
 - the open incident is the one last reported saved, with at least the sequence last reported;
@@ -70,7 +71,7 @@ class Model:
 
 @dataclass
 class Boot:
-    lines: list[tuple[float, str]]
+    lines: list[str]  # the writer's report, in order
     ready_at: float | None
     cut_at: float | None
     rc: int
@@ -91,9 +92,14 @@ def expected_sha(key: str) -> str:
 
 
 def boot(image: Path, run: int, *, verify_only: bool, cut_after_s: float | None) -> Boot:
-    """One boot of the writer on ``image``; SIGUSR1 (the power cut) ``cut_after_s`` after READY."""
+    """One boot of the writer on ``image``; SIGUSR1 (the power cut) ``cut_after_s`` after READY.
+
+    The writer's report is read from its hostfs log once the machine is gone; its stdout
+    only times the cut.
+    """
+    log = image.with_name(f"report-{run:03d}.log")
     cmd = [str(HIL_DIR / "run-in-uml.sh"), sys.executable, str(HIL_DIR / "powercut_writer.py")]
-    cmd += [MOUNT, str(run)] + (["--verify-only"] if verify_only else [])
+    cmd += [MOUNT, str(run), str(log)] + (["--verify-only"] if verify_only else [])
     env = dict(os.environ, HIL_UBD0=str(image), HIL_UBD0_MOUNT=MOUNT, HIL_TIMEOUT="300")
     env["HIL_PASS_ENV"] = (env.get("HIL_PASS_ENV", "") + " POWERCUT_FAULT").strip()
     with tempfile.TemporaryFile() as err:
@@ -109,7 +115,6 @@ def boot(image: Path, run: int, *, verify_only: bool, cut_after_s: float | None)
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        got: list[tuple[float, str]] = []
         ready_at = cut_at = None
         start = time.monotonic()
         while True:
@@ -128,13 +133,18 @@ def boot(image: Path, run: int, *, verify_only: bool, cut_after_s: float | None)
                 break
             if item is None:
                 break
-            got.append(item)
             if item[1] == "READY":
                 ready_at = item[0]
         rc = proc.wait()
         reader.join()
         err.seek(0)
         stderr = err.read().decode(errors="replace")
+    try:
+        text = log.read_text(errors="replace")
+    except FileNotFoundError:
+        text = ""
+    # A line is reported once written whole; a torn last line (no newline) is not.
+    got = text.split("\n")[:-1]
     return Boot(got, ready_at, cut_at, rc, stderr)
 
 
@@ -182,16 +192,17 @@ def check_state(state: dict[str, object], model: Model) -> Verdict:
     return v
 
 
-def follow(lines: list[tuple[float, str]], model: Model, counts: dict[str, int]) -> None:
+def follow(lines: list[str], model: Model, counts: dict[str, int]) -> None:
     """Apply what the writer reported during a boot to the model."""
-    for _, line in lines:
+    for line in lines:
         word, _, rest = line.partition(" ")
         if word == "COMMITTED":
             model.present.add(rest)
             model.committed += 1
             counts["committed"] += 1
-        elif word == "REMOVED":
+        elif word == "REMOVE":  # about to be removed: may be gone now
             model.present.discard(rest)
+        elif word == "REMOVED":
             model.gone.add(rest)
             counts["removed"] += 1
         elif word == "SCRUBBED":
@@ -206,11 +217,18 @@ def follow(lines: list[tuple[float, str]], model: Model, counts: dict[str, int])
             counts["memory"] += 1
 
 
-def last_op(lines: list[tuple[float, str]]) -> str:
-    for _, line in reversed(lines):
+PHASES = {"ADD": "add", "SAVE": "incident", "REMOVE": "remove", "SCRUB": "checkpoint"}
+DONE = {"COMMITTED", "INCIDENT", "REMOVED", "SCRUBBED", "READY", "MEMORY"}
+
+
+def cut_in(lines: list[str]) -> str:
+    """The step the cut fell in: the last one announced and not reported done."""
+    for line in reversed(lines):
         word = line.partition(" ")[0]
-        if word in ("COMMITTED", "REMOVED", "SCRUBBED", "INCIDENT", "READY"):
-            return word.lower()
+        if word in PHASES:
+            return PHASES[word]
+        if word in DONE:
+            return "between"  # done, and the next step not announced yet
     return "-"
 
 
@@ -235,7 +253,7 @@ def main(argv: list[str]) -> int:
         flush=True,
     )
     head = (
-        f"{'run':>3} {'cut ms':>6} {'last op':>9} {'added':>5} {'acked':>5} {'ckpt':>4} "
+        f"{'run':>3} {'cut ms':>6} {'cut in':>10} {'added':>5} {'acked':>5} {'ckpt':>4} "
         f"{'pending':>7} {'unrep':>5} {'lost':>4} {'back':>4}  checks"
     )
     print(head, flush=True)
@@ -243,13 +261,14 @@ def main(argv: list[str]) -> int:
     lost_total = failures = 0
     started = time.monotonic()
     previous: tuple[int, float, str, dict[str, int]] | None = None
+    phases: dict[str, int] = {}
     for run in range(1, runs + 2):
         final = run == runs + 1
         cut_ms = None if final else rng.uniform(0.0, window_ms)
         b = boot(
             image, run, verify_only=final, cut_after_s=None if cut_ms is None else cut_ms / 1000
         )
-        states = [line for _, line in b.lines if line.startswith("STATE ")]
+        states = [line for line in b.lines if line.startswith("STATE ")]
         if not states:
             print(f"boot {run}: no STATE from the writer (exit {b.rc}):\n{b.stderr}", flush=True)
             failures += 1
@@ -259,7 +278,7 @@ def main(argv: list[str]) -> int:
             prun, pcut, pop, pcounts = previous
             checks = "ok" if not v.problems else "; ".join(v.problems[:3])
             print(
-                f"{prun:>3} {pcut:>6.0f} {pop:>9} {pcounts['committed']:>5} "
+                f"{prun:>3} {pcut:>6.0f} {pop:>10} {pcounts['committed']:>5} "
                 f"{pcounts['removed']:>5} {pcounts['scrubs']:>4} {v.pending:>7} "
                 f"{v.unreported:>5} {len(v.lost):>4} {len(v.back):>4}  {checks}",
                 flush=True,
@@ -285,7 +304,9 @@ def main(argv: list[str]) -> int:
             failures += 1
             break
         assert cut_ms is not None
-        previous = (run, cut_ms, last_op(b.lines), counts)
+        previous = (run, cut_ms, cut_in(b.lines), counts)
+        phases[previous[2]] = phases.get(previous[2], 0) + 1
+    print("cuts fell in: " + ", ".join(f"{k} {n}" for k, n in sorted(phases.items())), flush=True)
     fsck = subprocess.run(
         ["e2fsck", "-fn", str(image)], check=False, capture_output=True, text=True
     )

@@ -1,10 +1,15 @@
 """The writer inside UML for ``make powercut`` (hil/powercut.py boots it, cuts its power).
 
-usage: powercut_writer.py STATE_DIR RUN [--verify-only]
+usage: powercut_writer.py STATE_DIR RUN LOG [--verify-only]
 
 STATE_DIR must be on an ext4 filesystem on a UML block device (``/dev/ubd*``), never on hostfs
 or tmpfs: a power cut must lose the guest's page cache, and only a block device below the
 product's files makes that so. The outbox is the product's own ``agent.outbox.Outbox``.
+
+LOG, the report, must be on hostfs: each line is one write(2) that hostfs passes straight to
+the host's file (then fsync(2)), so what the host reads after the cut is exactly what was
+reported, up to the last line written. (The console is no good for this: lines still on
+their way through the guest's tty are lost with the cut, while what they report happened.)
 
 1. Open the outbox as the agent does after a reboot and print ``STATE {json}``: every pending
    message (key, topic, sha256 of its payload), the open incident, ``PRAGMA integrity_check``,
@@ -15,9 +20,10 @@ product's files makes that so. The outbox is the product's own ``agent.outbox.Ou
    ``Outbox.add`` returned with the message on disk), save the incident's sequence now and
    then (``INCIDENT <id> <seq> <opened_at>`` once saved), and as PUBACKs would, remove the
    oldest messages (``REMOVED <key>`` once removed) and checkpoint the WAL (``Outbox.scrub``,
-   ``SCRUBBED``).
+   ``SCRUBBED``). Each step is announced before it starts (``ADD <key>``, ``SAVE``,
+   ``REMOVE <key>``, ``SCRUB``), so the host knows which one the cut fell in.
 
-Every line is flushed as soon as it is written; the host counts only lines it received.
+``READY`` also goes to stdout (the console): the host times the cut from it.
 
 POWERCUT_FAULT (for proving the check can fail; never in the product):
   report-early   print ``COMMITTED <key>`` before calling ``Outbox.add``
@@ -76,9 +82,17 @@ def mount_of(path: Path) -> tuple[str, str, str]:
     return best
 
 
-def emit(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+class Report:
+    """The hostfs log: one write(2) and one fsync(2) per line, before the next step starts."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def __call__(self, line: str) -> None:
+        data = (line + "\n").encode()
+        if os.write(self._fd, data) != len(data):
+            raise OSError(f"short write to the report: {line!r}")
+        os.fsync(self._fd)
 
 
 def state(outbox: Outbox, directory: Path) -> dict[str, object]:
@@ -110,7 +124,7 @@ def state(outbox: Outbox, directory: Path) -> dict[str, object]:
     }
 
 
-def write(outbox: Outbox, run: int, fault: str) -> int:
+def write(outbox: Outbox, run: int, fault: str, emit: Report) -> int:
     incident_id = f"run{run:03d}"
     previous = outbox.open_incident()
     if previous is not None:
@@ -120,6 +134,8 @@ def write(outbox: Outbox, run: int, fault: str) -> int:
     outbox.save_incident(incident_id, 0, opened_at, False)
     emit(f"INCIDENT {incident_id} 0 {opened_at!r}")
     emit("READY")
+    sys.stdout.write("READY\n")
+    sys.stdout.flush()
     deadline = time.monotonic() + MAX_S
     sequence = 0
     while time.monotonic() < deadline:
@@ -127,6 +143,7 @@ def write(outbox: Outbox, run: int, fault: str) -> int:
         key = key_of(kind, incident_id, sequence)
         if fault == "report-early":
             emit(f"COMMITTED {key}")
+        emit(f"ADD {key}")
         entry = outbox.add(
             kind, incident_id, sequence, topic_for(kind, incident_id), payload_for(key)
         )
@@ -135,13 +152,17 @@ def write(outbox: Outbox, run: int, fault: str) -> int:
         elif fault != "report-early":
             emit(f"COMMITTED {key}")
         if sequence % 3 == 2:
+            emit("SAVE")
             outbox.save_incident(incident_id, sequence, opened_at, False)
             emit(f"INCIDENT {incident_id} {sequence} {opened_at!r}")
         pending = outbox.pending()
         if len(pending) > KEEP:  # a PUBACK for the oldest, then the uplink's scrub
             for old in pending[:ACK]:
+                old_key = key_of(old.kind, old.incident_id, old.sequence)
+                emit(f"REMOVE {old_key}")
                 outbox.remove(old)
-                emit(f"REMOVED {key_of(old.kind, old.incident_id, old.sequence)}")
+                emit(f"REMOVED {old_key}")
+            emit("SCRUB")
             outbox.scrub()
             emit("SCRUBBED")
         sequence += 1
@@ -151,10 +172,10 @@ def write(outbox: Outbox, run: int, fault: str) -> int:
 def main(argv: list[str]) -> int:
     args = [a for a in argv[1:] if not a.startswith("--")]
     verify_only = "--verify-only" in argv
-    if len(args) != 2:
+    if len(args) != 3:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
-    directory, run = Path(args[0]), int(args[1])
+    directory, run, log = Path(args[0]), int(args[1]), Path(args[2])
     fault = os.environ.get("POWERCUT_FAULT", "")
     if fault not in FAULTS:
         print(f"powercut_writer: POWERCUT_FAULT must be one of {FAULTS}", file=sys.stderr)
@@ -167,6 +188,10 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    if mount_of(log.parent)[2] != "hostfs":
+        print(f"powercut_writer: the report {log} must be on hostfs", file=sys.stderr)
+        return 2
+    emit = Report(log)
     outbox = Outbox(directory).open()
     if fault == "sync-off" and outbox.is_open:
         outbox.db.execute("PRAGMA synchronous=OFF")
@@ -176,7 +201,7 @@ def main(argv: list[str]) -> int:
     if verify_only:
         outbox.close()
         return 0
-    return write(outbox, run, fault)
+    return write(outbox, run, fault, emit)
 
 
 if __name__ == "__main__":

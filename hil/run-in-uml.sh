@@ -36,11 +36,13 @@ if [ -n "$UBD0" ]; then
     *[[:space:],:]*) die 2 "HIL_UBD0: a path with spaces, ',' or ':' cannot go on the kernel command line: $UBD0" ;;
     esac
 fi
-case ${HIL_UBD0_MOUNT:-/run/}/ in
-/run/?*) [ -n "$UBD0" ] || die 2 "HIL_UBD0_MOUNT needs HIL_UBD0" ;;
-/run//) ;;
-*) die 2 "HIL_UBD0_MOUNT must be a directory under /run (UML's own tmpfs), not '$HIL_UBD0_MOUNT'" ;;
-esac
+if [ -n "${HIL_UBD0_MOUNT:-}" ]; then
+    [ -n "$UBD0" ] || die 2 "HIL_UBD0_MOUNT needs HIL_UBD0"
+    case $HIL_UBD0_MOUNT in
+    /run/[!/]*) ;;
+    *) die 2 "HIL_UBD0_MOUNT must be a directory under /run (UML's own tmpfs), not '$HIL_UBD0_MOUNT'" ;;
+    esac
+fi
 
 # --- 1. A host that has vcan itself needs no UML (unless a disk is asked for). --
 if [ "${HIL_FORCE_UML:-0}" != 1 ] && [ -z "$UBD0" ] && command -v ip >/dev/null; then
