@@ -148,6 +148,13 @@ def boot(image: Path, run: int, *, verify_only: bool, cut_after_s: float | None)
     return Boot(got, ready_at, cut_at, rc, stderr)
 
 
+def in_order(key: str) -> tuple[str, int]:
+    """kind/incident/sequence, ordered by incident and then sequence."""
+    _, _, rest = key.partition("/")
+    incident, _, seq = rest.rpartition("/")
+    return incident, int(seq) if seq.isdigit() else -1
+
+
 def check_state(state: dict[str, object], model: Model) -> Verdict:
     v = Verdict()
     pending = state["pending"]
@@ -165,8 +172,8 @@ def check_state(state: dict[str, object], model: Model) -> Verdict:
             v.problems.append(f"{key} garbled (payload or topic differs)")
     if state["rows"] != len(keys):
         v.problems.append(f"{state['rows']} rows in the table, {len(keys)} pending")
-    v.lost = sorted(model.present - seen)
-    v.back = sorted(model.gone & seen)
+    v.lost = sorted(model.present - seen, key=in_order)
+    v.back = sorted(model.gone & seen, key=in_order)
     v.unreported = len(seen - model.present)
     if state["integrity"] != ["ok"]:
         v.problems.append(f"integrity_check: {state['integrity']}")
