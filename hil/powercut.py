@@ -83,7 +83,7 @@ class Verdict:
     pending: int = 0
     lost: list[str] = field(default_factory=list)
     back: list[str] = field(default_factory=list)  # removed, yet pending again
-    unreported: int = 0  # pending, committed but the report did not reach us: allowed
+    extra: int = 0  # pending with no promise either way (add not yet reported, removal begun)
     problems: list[str] = field(default_factory=list)
 
 
@@ -174,7 +174,7 @@ def check_state(state: dict[str, object], model: Model) -> Verdict:
         v.problems.append(f"{state['rows']} rows in the table, {len(keys)} pending")
     v.lost = sorted(model.present - seen, key=in_order)
     v.back = sorted(model.gone & seen, key=in_order)
-    v.unreported = len(seen - model.present)
+    v.extra = len(seen - model.present)
     if state["integrity"] != ["ok"]:
         v.problems.append(f"integrity_check: {state['integrity']}")
     if state["corrupt"]:
@@ -261,7 +261,7 @@ def main(argv: list[str]) -> int:
     )
     head = (
         f"{'run':>3} {'cut ms':>6} {'cut in':>10} {'added':>5} {'acked':>5} {'ckpt':>4} "
-        f"{'pending':>7} {'unrep':>5} {'lost':>4} {'back':>4}  checks"
+        f"{'pending':>7} {'extra':>5} {'lost':>4} {'back':>4}  checks"
     )
     print(head, flush=True)
     model = Model()
@@ -287,7 +287,7 @@ def main(argv: list[str]) -> int:
             print(
                 f"{prun:>3} {pcut:>6.0f} {pop:>10} {pcounts['committed']:>5} "
                 f"{pcounts['removed']:>5} {pcounts['scrubs']:>4} {v.pending:>7} "
-                f"{v.unreported:>5} {len(v.lost):>4} {len(v.back):>4}  {checks}",
+                f"{v.extra:>5} {len(v.lost):>4} {len(v.back):>4}  {checks}",
                 flush=True,
             )
             if v.lost:
