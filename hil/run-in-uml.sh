@@ -9,6 +9,13 @@
 # up lo and vcan0, and runs CMD in the current directory. Exit status: CMD's;
 # 124 if HIL_TIMEOUT ran out; 125 if the UML machine could not be prepared;
 # 130 if interrupted. See hil/README.md for the environment variables.
+#
+# A disk: HIL_UBD0=IMAGE attaches the host file IMAGE as the block device
+# /dev/ubda (always in UML, even on a host with vcan0); with HIL_UBD0_MOUNT=DIR
+# (under /run inside) init mounts it there (HIL_UBD0_FSTYPE, default ext4) and
+# unmounts it after CMD. A power cut: SIGUSR1 to this script SIGKILLs the whole
+# UML process group at once (no sync, no unmount; the guest's page cache is
+# lost) and it exits 137.
 set -euo pipefail
 
 HIL_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
@@ -21,8 +28,24 @@ die() { rc=$1; shift; say "$*"; exit "$rc"; }
 [ "${1:-}" = -- ] && shift
 [ $# -gt 0 ] || die 2 "usage: $0 [--] CMD [ARG...]"
 
-# --- 1. A host that has vcan itself needs no UML. -------------------------
-if [ "${HIL_FORCE_UML:-0}" != 1 ] && command -v ip >/dev/null; then
+UBD0=${HIL_UBD0:-}
+if [ -n "$UBD0" ]; then
+    [ -f "$UBD0" ] || die 2 "HIL_UBD0: no such file: $UBD0"
+    UBD0=$(cd -- "$(dirname -- "$UBD0")" && pwd -P)/$(basename -- "$UBD0")
+    case $UBD0 in
+    *[[:space:],:]*) die 2 "HIL_UBD0: a path with spaces, ',' or ':' cannot go on the kernel command line: $UBD0" ;;
+    esac
+fi
+if [ -n "${HIL_UBD0_MOUNT:-}" ]; then
+    [ -n "$UBD0" ] || die 2 "HIL_UBD0_MOUNT needs HIL_UBD0"
+    case $HIL_UBD0_MOUNT in
+    /run/[!/]*) ;;
+    *) die 2 "HIL_UBD0_MOUNT must be a directory under /run (UML's own tmpfs), not '$HIL_UBD0_MOUNT'" ;;
+    esac
+fi
+
+# --- 1. A host that has vcan itself needs no UML (unless a disk is asked for). --
+if [ "${HIL_FORCE_UML:-0}" != 1 ] && [ -z "$UBD0" ] && command -v ip >/dev/null; then
     if ip link show vcan0 >/dev/null 2>&1; then
         ip link set up vcan0 2>/dev/null || true
         say "host has vcan0: running directly, without UML"
@@ -64,6 +87,7 @@ esac
 
 UML_PID=
 STTY_SAVED=
+POWER_CUT=0
 # shellcheck disable=SC2317  # called through trap
 cleanup() {
     if [ -n "$UML_PID" ]; then
@@ -78,6 +102,17 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT TERM HUP
+# shellcheck disable=SC2317  # called through trap
+power_cut() {
+    [ -n "$UML_PID" ] || return 0
+    POWER_CUT=1
+    # linux.uml (timeout's child) makes itself a session and process-group leader:
+    # one kill(2) on that group stops the kernel and all its helper processes at once.
+    UML_SID=$(pgrep -P "$UML_PID" | head -n 1) || UML_SID=
+    [ -n "$UML_SID" ] && kill -KILL -- "-$UML_SID" 2>/dev/null
+    kill -KILL -- "-$UML_PID" 2>/dev/null # timeout's own group
+}
+trap power_cut USR1
 
 # --- 3. What the init inside needs (hil/uml-init.sh). ----------------------
 CWD=$(pwd -P)
@@ -109,6 +144,7 @@ fi
     printf 'HIL_ROWS=%q\nHIL_COLS=%q\n' "$rows" "$cols"
     printf 'HIL_EXTRA_MODULES=%q\n' "${HIL_MODULES:-}"
     printf 'HIL_HOSTNAME=%q\n' "$(hostname 2>/dev/null || cat /proc/sys/kernel/hostname)"
+    printf 'HIL_UBD0_MOUNT=%q\nHIL_UBD0_FSTYPE=%q\n' "${HIL_UBD0_MOUNT:-}" "${HIL_UBD0_FSTYPE:-ext4}"
 } >"$RUNDIR/params"
 
 # The caller's variables that matter inside; nothing else is passed on.
@@ -129,6 +165,7 @@ uml=(env TMPDIR="$UML_TMPDIR" "$HIL_UML_KERNEL" "mem=$MEM" "uml_dir=$UMLDIR"
     rootfstype=hostfs rootflags=/ rw "init=$HIL_DIR/uml-init.sh"
     con=null ssl=null con1=null,fd:3 con2=null,fd:2 console=tty1 quiet loglevel=7 printk.time=1
     "HIL_RUNDIR=$RUNDIR")
+[ -n "$UBD0" ] && uml+=("ubd0=$UBD0")
 start=$(date +%s%N)
 set +e
 if [ "$INTERACTIVE" = 1 ]; then
@@ -161,6 +198,17 @@ elapsed_ms=$((($(date +%s%N) - start) / 1000000))
 elapsed=$((elapsed_ms / 1000)).$(((elapsed_ms % 1000) / 100))
 
 # --- 5. Verdict. -----------------------------------------------------------
+if [ "$POWER_CUT" = 1 ]; then
+    # Nothing of the group may still run (and write to the disk) once we return.
+    for _ in $(seq 1000); do
+        [ -n "${UML_SID:-}" ] && pgrep -s "$UML_SID" >/dev/null 2>&1 || break
+        sleep 0.01
+    done
+    [ -n "${UML_SID:-}" ] && pgrep -s "$UML_SID" >/dev/null 2>&1 &&
+        die 125 "power cut: UML's processes still run 10 s after SIGKILL"
+    [ "${HIL_VERBOSE:-0}" = 1 ] && say "power cut after ${elapsed}s: UML killed with SIGKILL"
+    exit 137
+fi
 log_tail() {
     local log=$RUNDIR/console.log
     [ -s "$log" ] || return 0

@@ -6,7 +6,7 @@
 # environment. That directory holds, written by the host side:
 #   params   bash: HIL_CWD, HIL_CMD=(...), HIL_MODDIR, HIL_HIL_DIR, HIL_TMP,
 #            HIL_INTERACTIVE, HIL_OUT_TTY, HIL_ERR_TTY, HIL_ROWS, HIL_COLS,
-#            HIL_EXTRA_MODULES, HIL_HOSTNAME
+#            HIL_EXTRA_MODULES, HIL_HOSTNAME, HIL_UBD0_MOUNT, HIL_UBD0_FSTYPE
 #   env      bash: "export NAME=value" lines, the caller's variables to pass on
 # and we write into it:
 #   booted       as soon as we run (proves the kernel booted and hostfs works)
@@ -69,6 +69,12 @@ python3 "$HIL_HIL_DIR/loadmod.py" "$HIL_MODDIR" can can-raw can-bcm can-dev vcan
 ip link set lo up || fail "ip link set lo up"
 ip link add dev vcan0 type vcan || fail "ip link add dev vcan0 type vcan"
 ip link set up vcan0 || fail "ip link set up vcan0"
+if [ -n "${HIL_UBD0_MOUNT:-}" ]; then
+    # The kernel replays the journal of a filesystem that was not unmounted (a power cut).
+    mkdir -p "$HIL_UBD0_MOUNT" || fail "mkdir $HIL_UBD0_MOUNT"
+    mount -t "$HIL_UBD0_FSTYPE" /dev/ubda "$HIL_UBD0_MOUNT" ||
+        fail "mount -t $HIL_UBD0_FSTYPE /dev/ubda $HIL_UBD0_MOUNT (see console log)"
+fi
 echo "HIL init: machine ready; running: ${HIL_CMD[*]}"
 
 if [ "$HIL_INTERACTIVE" = 1 ]; then
@@ -126,6 +132,9 @@ for tty in ("/dev/tty0", "/dev/tty2"):
     os.close(fd)
 EOF
 
+if [ -n "${HIL_UBD0_MOUNT:-}" ]; then
+    umount "$HIL_UBD0_MOUNT" || { echo "HIL init: umount $HIL_UBD0_MOUNT failed"; rc=125; }
+fi
 echo "$rc" >&9
 exec 9>&-
 poweroff
