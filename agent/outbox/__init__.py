@@ -89,30 +89,15 @@ class Outbox:
         return self
 
     def _open_disk(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            raise OutboxError(f"cannot create state directory {self.path.parent}: {exc}") from exc
-        try:
-            self._db = sqlite_file.connect(self.path)
-        except sqlite3.DatabaseError as exc:
-            if not sqlite_file.is_corruption(exc):
-                raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
-            rescued, incidents = sqlite_file.salvage(self.path)
-            self._move_aside(exc)
-            try:
-                self._db = sqlite_file.connect(self.path)
-            except sqlite3.Error as again:
-                raise OutboxError(f"cannot create outbox {self.path}: {again}") from again
-            for entry in rescued:
+        opened = sqlite_file.open_file(self.path)
+        self._db = opened.db
+        if opened.damaged is not None:
+            self._count("replaced_corrupt")
+            for entry in opened.rescued:
                 self._insert(entry)
-            for incident in incidents:
+            for incident in opened.incidents:
                 self._write_incident(incident)
-            if rescued:
-                self._count("salvaged", len(rescued))
-                log.warning("outbox: %d message(s) rescued from the damaged file", len(rescued))
-        except OSError as exc:
-            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+            self._count("salvaged", len(opened.rescued))
         self._identity = sqlite_file.identity(self.path)
         if self._incident is not None:  # kept in memory while the disk refused it
             self._write_incident(self._incident)
@@ -139,10 +124,6 @@ class Outbox:
         if self._memory:
             self._flush_memory()
         return self._db is not None and not self._memory
-
-    def _move_aside(self, reason: Exception) -> None:
-        sqlite_file.move_aside(self.path, reason)
-        self._count("replaced_corrupt")
 
     def close(self) -> None:
         self.scrub()
@@ -181,7 +162,8 @@ class Outbox:
             rescued, _ = sqlite_file.salvage(self.path)
             self._drop_connection()  # never close(): its scrub would fail and land here again
             with contextlib.suppress(OSError):
-                self._move_aside(exc)
+                sqlite_file.move_aside(self.path, exc)
+                self._count("replaced_corrupt")
             self._rehome(rescued)
         elif self._db is not None:
             self._degrade()

@@ -7,10 +7,11 @@ import contextlib
 import logging
 import os
 import sqlite3
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agent.errors import OutboxError
 from agent.outbox.entries import EVICTABLE, Entry, Limits, StoredIncident
 
 log = logging.getLogger("agent.outbox")
@@ -43,6 +44,39 @@ _ADDED = (
     ("incidents", "repeat", "TEXT"),
 )
 INCIDENT_COLUMNS = "incident_id, sequence, opened_at, acked, update_sequence, repeat"
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    db: sqlite3.Connection
+    damaged: Exception | None = None  # the file was damaged, moved aside and replaced
+    rescued: list[Entry] = field(default_factory=list)  # what could be read from it
+    incidents: list[StoredIncident] = field(default_factory=list)
+
+
+def open_file(path: Path) -> Opened:
+    """Open the outbox at ``path``, creating its directory (0700); a damaged file is read for
+    what can be rescued, moved aside and replaced. Raises OutboxError for a storage problem."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise OutboxError(f"cannot create state directory {path.parent}: {exc}") from exc
+    try:
+        return Opened(connect(path))
+    except sqlite3.DatabaseError as exc:
+        if not is_corruption(exc):
+            raise OutboxError(f"cannot open outbox {path}: {exc}") from exc
+        rescued, incidents = salvage(path)
+        try:
+            move_aside(path, exc)
+            db = connect(path)
+        except (OSError, sqlite3.Error) as again:
+            raise OutboxError(f"cannot create outbox {path}: {again}") from again
+        if rescued:
+            log.warning("outbox: %d message(s) rescued from the damaged file", len(rescued))
+        return Opened(db, exc, rescued, incidents)
+    except OSError as exc:
+        raise OutboxError(f"cannot open outbox {path}: {exc}") from exc
 
 
 def connect(path: Path) -> sqlite3.Connection:
