@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import re
-import signal
 import socket
 import sys
 import tempfile
@@ -150,16 +149,11 @@ class AgentProcess:
                 await self.changed.wait()
 
     async def stop(self, timeout: float = 15) -> int | None:
+        # imported here: this module is also the measured agent process, kept lean
+        from bench.common import stop_process  # noqa: PLC0415
+
         process, self.process = self.process, None
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(timeout):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_process(process, timeout)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

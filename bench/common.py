@@ -319,6 +319,28 @@ class Ecu:
         await stop_process(self.process)
 
 
+async def wait_started(sub: Subscriber, agent: Any, timeout: float) -> dict[str, float | None]:
+    """Wait for a started agent process (bench.agent_proc.AgentProcess) to publish its first
+    live ``online`` status, and its READY=1 (which may come just after); both times are from
+    its exec."""
+    online = await sub.wait_record(
+        lambda r: (
+            r.get("kind") == "status"
+            and r.get("state") == "online"
+            and not r.get("retain")
+            and r["t"] > agent.exec_at
+        ),
+        timeout=timeout,
+    )
+    if agent.ready_at is None:
+        with contextlib.suppress(TimeoutError):
+            await agent.wait_until(lambda: agent.ready_at is not None, timeout=3.0)
+    return {
+        "ready_s": None if agent.ready_at is None else round(agent.ready_at - agent.exec_at, 3),
+        "online_status_s": round(online["t"] - agent.exec_at, 3),
+    }
+
+
 async def stop_process(process: asyncio.subprocess.Process | None, timeout: float = 10) -> None:
     if process is None or process.returncode is not None:
         return

@@ -54,6 +54,7 @@ from bench.common import (
     machine,
     rss_kib,
     stop_process,
+    wait_started,
 )
 from bench.driver import (
     CALL_TIMEOUT_S,
@@ -257,23 +258,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await agent.start()
             rig.attach(agent)
             try:
-                online = await sub.wait_record(
-                    lambda r: (
-                        r.get("kind") == "status"
-                        and r.get("state") == "online"
-                        and not r.get("retain")
-                    ),
-                    timeout=60,
-                )
-                if agent.ready_at is None:
-                    with contextlib.suppress(TimeoutError):
-                        await agent.wait_until(lambda: agent.ready_at is not None, timeout=3.0)
-                result["startup"] = {
-                    "ready_s": None
-                    if agent.ready_at is None
-                    else round(agent.ready_at - agent.exec_at, 3),
-                    "online_status_s": round(online["t"] - agent.exec_at, 3),
-                }
+                result["startup"] = await wait_started(sub, agent, timeout=60)
                 await sub.wait_record(
                     lambda r: r.get("kind") == "status" and r.get("gps") == "fix", timeout=30
                 )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.agent_proc import AgentProcess
-from bench.common import Gpsd, Subscriber, machine, rss_kib, write_json
+from bench.common import Gpsd, Subscriber, machine, rss_kib, wait_started, write_json
 from hw_sim.mosquitto import Mosquitto, free_port
 from hw_sim.scenario import config_text
 
@@ -33,24 +32,11 @@ async def one_start(config: Path, sub: Subscriber) -> dict[str, Any]:
     agent = AgentProcess(config, stamped=False)
     await agent.start()
     try:
-        online = await sub.wait_record(
-            lambda r: (
-                r.get("kind") == "status"
-                and r.get("state") == "online"
-                and not r.get("retain")
-                and r["t"] > agent.exec_at
-            ),
-            timeout=30,
-        )
-        if agent.ready_at is None:
-            # READY may come just after the status; give it a moment before falling back
-            with contextlib.suppress(TimeoutError):
-                await agent.wait_until(lambda: agent.ready_at is not None, timeout=2.0)
+        started = await wait_started(sub, agent, timeout=30)
         await asyncio.sleep(SETTLE_S)
         rss = rss_kib(agent.pid)
         return {
-            "ready_s": None if agent.ready_at is None else round(agent.ready_at - agent.exec_at, 3),
-            "online_status_s": round(online["t"] - agent.exec_at, 3),
+            **started,
             "rss_kib": rss,
             "notify": [text.replace("\n", " ") for _, text in agent.notify_messages][:5],
         }

@@ -34,8 +34,17 @@ async def any_broker(embedded: bool) -> AsyncIterator[tuple[str, int]]:
             yield "embedded broker", broker.port
 
 
-def _say(text: str = "") -> None:
+def say(text: str = "") -> None:
     print(text, flush=True)
+
+
+def log_to_stderr(verbose: bool) -> None:
+    """The demo's own log: the agent's lines with -v, warnings otherwise."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def _ms(seconds: float) -> str:
@@ -45,41 +54,37 @@ def _ms(seconds: float) -> str:
 async def run_demo(
     *, embedded_broker: bool = False, protocol: str = "5", verbose: bool = False
 ) -> int:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(verbose)
     with tempfile.TemporaryDirectory(prefix="connect-demo-") as tmp:
         async with any_broker(embedded_broker) as (broker_name, port), FakeGpsd() as gpsd:
-            _say(f"broker:  {broker_name} on 127.0.0.1:{port} (MQTT {protocol})")
-            _say(f"gpsd:    fake gpsd on 127.0.0.1:{gpsd.port}, replaying the A1 near Bern")
+            say(f"broker:  {broker_name} on 127.0.0.1:{port} (MQTT {protocol})")
+            say(f"gpsd:    fake gpsd on 127.0.0.1:{gpsd.port}, replaying the A1 near Bern")
             async with Scenario(Path(tmp), port, gpsd.port, protocol=protocol) as sim:
-                _say(f"CAN:     python-can virtual bus {sim.channel!r}")
-                _say("agent:   online, LED ready; waiting for a GPS fix ...")
+                say(f"CAN:     python-can virtual bus {sim.channel!r}")
+                say("agent:   online, LED ready; waiting for a GPS fix ...")
                 await sim.agent.wait_gps_fix(timeout=10)
-                _say("driver:  holds CONNECT for 2.2 s")
+                say("driver:  holds CONNECT for 2.2 s")
                 await sim.car.hold(2200)
                 [received] = await sim.backend.wait_for("request", 1, timeout=10)
                 await sim.led.wait_for(LedMode.CONNECTED, timeout=10)
                 call = sim.agent.calls[0]
                 puback = sim.agent.deliveries[("request", call.incident_id, call.sequence)]
-                _say("\nthe request as the backend received it:")
-                _say(json.dumps(received.payload, indent=2, ensure_ascii=False))
+                say("\nthe request as the backend received it:")
+                say(json.dumps(received.payload, indent=2, ensure_ascii=False))
                 problems = [p for _, p in sim.backend.invalid]
-                _say(f"\nschema:  {problems or 'valid'}")
+                say(f"\nschema:  {problems or 'valid'}")
                 for what, at in (
                     ("request on disk", call.stored_at),
                     ("backend has the request", received.at),
                     ("PUBACK at the agent", puback),
                 ):
-                    _say(f"hold threshold -> {what:<24}{_ms(at - call.held_at)}")
-                _say("backend: acknowledged 'received'; the operator now closes the incident")
+                    say(f"hold threshold -> {what:<24}{_ms(at - call.held_at)}")
+                say("backend: acknowledged 'received'; the operator now closes the incident")
                 sim.backend.ack(VIN, call.incident_id, "closed")
                 await sim.led.wait_for(LedMode.READY, timeout=10)
-                _say("LED:     " + " -> ".join(sim.led.sequence()))
+                say("LED:     " + " -> ".join(sim.led.sequence()))
     if problems:
-        _say("demo: FAILED (the request does not match the schema)")
+        say("demo: FAILED (the request does not match the schema)")
         return 1
-    _say("demo: OK")
+    say("demo: OK")
     return 0

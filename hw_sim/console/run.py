@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING
 from hw_sim.backend import SimulatedBackend
 from hw_sim.car import LedObserver, SimulatedCar, open_sim_bus
 from hw_sim.console.server import ConsoleServer
+from hw_sim.demo import log_to_stderr, say
 from hw_sim.gpsd import FakeGpsd
 
 if TYPE_CHECKING:
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
 __all__ = ["run_console", "run_web_demo", "web_demo"]
 
 log = logging.getLogger("hw_sim.console")
-
-
-def _say(text: str) -> None:
-    print(text, flush=True)
 
 
 async def run_console(
@@ -88,12 +84,12 @@ async def run_console(
                 bus=bus_name,
             )
         )
-        _say(f"broker:  {broker_host}:{broker_port} (MQTT {protocol}), topics {root}/+/+")
+        say(f"broker:  {broker_host}:{broker_port} (MQTT {protocol}), topics {root}/+/+")
         if bus_name:
-            _say(f"car:     simulated car and LED on {bus_name}")
+            say(f"car:     simulated car and LED on {bus_name}")
         if gps is not None:
-            _say(f"gpsd:    fake gpsd on 127.0.0.1:{gps.port}, route {gps.route.name!r}")
-        _say(f"console: {console.url}  (Ctrl-C to stop)")
+            say(f"gpsd:    fake gpsd on 127.0.0.1:{gps.port}, route {gps.route.name!r}")
+        say(f"console: {console.url}  (Ctrl-C to stop)")
         if ready is not None:
             ready(console)
         await asyncio.Event().wait()
@@ -147,16 +143,12 @@ async def run_web_demo(
     verbose: bool = False,
 ) -> None:
     """``hw-sim demo --web``: the whole loop and the page, until Ctrl-C."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(verbose)
     with tempfile.TemporaryDirectory(prefix="connect-web-demo-") as tmp:
         async with web_demo(
             Path(tmp), port=port, host=host, embedded_broker=embedded_broker, protocol=protocol
         ) as (console, _):
-            _say("agent:   online on a simulated car driving the A1 near Bern")
-            _say(f"console: {console.url}  (Ctrl-C to stop)")
-            _say("         hold CONNECT for 2 s on the page; answer the request on the right")
+            say("agent:   online on a simulated car driving the A1 near Bern")
+            say(f"console: {console.url}  (Ctrl-C to stop)")
+            say("         hold CONNECT for 2 s on the page; answer the request on the right")
             await asyncio.Event().wait()
