@@ -11,6 +11,7 @@ out again from the SPEC. :class:`SimMatrix` checks at load time that the DBC agr
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 from enum import IntEnum
 from pathlib import Path
@@ -199,7 +200,9 @@ class E2EWatch:
         return None
 
 
+@functools.cache
 def _load(dbc: Path) -> Any:
+    """The parsed DBC, once a process: the codec only reads it."""
     return cantools.database.load_file(str(dbc), database_format="dbc", strict=True)
 
 
@@ -242,9 +245,17 @@ class SimMatrix:
     # -- building frames --------------------------------------------------------------------
 
     def encode_signals(
-        self, frame_id: int, signals: dict[str, Any], *, counter: int | None = None
+        self,
+        frame_id: int,
+        signals: dict[str, Any],
+        *,
+        counter: int | None = None,
+        raw: bool = False,
     ) -> bytes:
-        """Encode physical values (or choice names); protected frames get counter and CRC."""
+        """Encode physical values or choice names (``raw``: codes as sent, unscaled).
+
+        Protected frames get the alive counter and the CRC; every other signal must be given.
+        """
         message = self.messages[frame_id]
         values = dict(signals)
         if frame_id in E2E_FRAMES:
@@ -252,7 +263,8 @@ class SimMatrix:
                 counter = self._alive[frame_id]
                 self._alive[frame_id] = (counter + 1) % 16
             values |= {"Crc": 0, "AliveCounter": counter}
-        data = bytearray(message.encode(values, scaling=True, padding=False, strict=True))
+        # raw codes may lie outside the DBC's range (a Category of 200): a receiver's problem
+        data = bytearray(message.encode(values, scaling=not raw, padding=False, strict=not raw))
         if frame_id in E2E_FRAMES:
             data[0] = e2e_crc(data[1:8])
         return bytes(data)
