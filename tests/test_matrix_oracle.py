@@ -11,8 +11,10 @@ init or xor-out each make tests here fail (checked when this file was written).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import cantools
@@ -350,3 +352,25 @@ def test_repeated_counters_are_refused_alike(counters: list[int]) -> None:
         got = agent_view(theirs, sim.CONNECT_BUTTON, frame)
         expected = sim_view(reader, sim.CONNECT_BUTTON, frame)
         assert got == expected, counters
+
+
+# -- the simulators keep their own codec ----------------------------------------------------------
+
+AGENT_CODEC = {"agent.core.frames", "agent.core.e2e", "agent.core.lines"}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("folder", ["hw_sim", "tests/hil"])
+def test_simulators_and_hil_never_import_the_agents_codec(folder: str) -> None:
+    found = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module":
+                names = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n in AGENT_CODEC]
+    assert found == []
