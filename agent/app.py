@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -23,13 +22,15 @@ from agent import __version__, sdnotify
 from agent.assemble import Assembler
 from agent.button import ButtonClock, Events
 from agent.config import Config
+from agent.continuity import Continuity
 from agent.core.button import ButtonTracker, Held
 from agent.core.clock import rfc3339_ms
 from agent.core.frames import ButtonState, LedMode
-from agent.core.geo import Geocoder
-from agent.core.incident import IncidentController, SendRequest, parse_ack, resumed
+from agent.core.geo import DATA_FILE, Geocoder
+from agent.core.incident import IncidentController, SendRequest, parse_ack
 from agent.core.location import Fix, LocationTracker
 from agent.core.policy import CallPolicy, Outgoing
+from agent.core.request import encode
 from agent.errors import Shutdown
 from agent.inputs.gpsd import GpsdSource
 from agent.inputs.serial_button import SerialButtonInput
@@ -70,6 +71,7 @@ class Agent:
         self.policy = CallPolicy(self.incidents, config.mqtt.ack_timeout_s)
         self.location = LocationTracker()
         self.outbox = Outbox(config.state_dir, config.outbox_limits)
+        self.continuity = Continuity(self.outbox, self.incidents, self.policy)
         self.source = config.button.source
         self.car = VehicleBus(
             config.can,
@@ -78,7 +80,8 @@ class Agent:
             on_state=self._on_can_state,
             now_utc=self._now_utc,
         )
-        self.assembler = Assembler(config, self.car, self.location, geocoder or Geocoder())
+        self._own_geocoder = geocoder is None  # made here, so closed here
+        self.assembler = Assembler(config, self.car, self.location, geocoder or Geocoder(DATA_FILE))
         self.uplink = Uplink(config.mqtt, self.car.vin, self.outbox, self, self._status)
         self.serial: SerialButtonInput | None = None
         leds: list[Callable[[LedMode], object]] = [self.car.send_led]
@@ -124,7 +127,7 @@ class Agent:
         self._button.start(self._loop)
         stop = stop or asyncio.Event()
         with self.outbox:
-            self._restore()
+            self.continuity.restore()
             self.assembler.warm()
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -151,6 +154,8 @@ class Agent:
                 log.info("stopped")
             finally:
                 self._button.stop()
+                if self._own_geocoder:
+                    self.assembler.geocoder.close()
                 if self._led_timer is not None:
                     self._led_timer.cancel()
 
@@ -181,27 +186,6 @@ class Agent:
         self.presenter.show(LedMode.OFF)
         await self.uplink.aclose()
         raise Shutdown
-
-    def _restore(self) -> None:
-        stored = self.outbox.open_incident()
-        if stored is None:
-            return
-        queued = {
-            entry.sequence: entry.created_at
-            for entry in self.outbox.pending()
-            if entry.kind == "request" and entry.incident_id == stored.incident_id
-        }
-        incident = resumed(
-            stored.incident_id,
-            stored.sequence,
-            opened_wall=stored.opened_at,
-            acked=stored.acked,
-            undelivered_wall=queued,
-            now=time.monotonic(),
-            wall_now=time.time(),
-        )
-        self.incidents.restore(incident)
-        log.info("restored open incident %s (sequence %d)", incident.incident_id, stored.sequence)
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -251,12 +235,7 @@ class Agent:
                 opened = incident.opened_utc if incident is not None else None
                 payload = self.assembler.request(action, time.monotonic(), opened)
                 self._store(self.policy.request_sent(payload, time.monotonic()))
-                self.outbox.save_incident(
-                    action.incident_id,
-                    action.sequence,
-                    time.time(),
-                    incident is not None and incident.acked,
-                )
+                self.continuity.save()
                 record = CallRecord(action.incident_id, action.sequence, held.at, time.monotonic())
                 self._observer.call_stored(record)
                 log.info("call %s sequence %d stored", action.incident_id, action.sequence)
@@ -269,8 +248,8 @@ class Agent:
             self._loop.call_later(DTC_AFTER_CALL_S, self.car.read_dtcs)
 
     def _store(self, message: Outgoing) -> Entry:
-        data = json.dumps(message.payload, ensure_ascii=False, separators=(",", ":")).encode()
         topic = self.uplink.topics.for_kind(message.kind)
+        data = encode(message.payload)
         return self.outbox.add(message.kind, message.incident_id, message.sequence, topic, data)
 
     # -- gpsd events (FixSink): the tracker keeps the positions, we watch its state ---------
@@ -325,6 +304,7 @@ class Agent:
         update = self.policy.update(now, self._now_utc(), location, state)
         if update is not None:
             self._store(update)
+            self.continuity.save()
             self.uplink.kick()
 
     # -- uplink events (UplinkEvents) -------------------------------------------------------
@@ -350,13 +330,10 @@ class Agent:
             log.info("ack %s for incident %s which is not open", ack.status, ack.incident_id)
             return
         log.info("backend: incident %s %s", ack.incident_id, ack.status)
-        incident = self.incidents.incident
-        if incident is None:
+        if self.incidents.incident is None:
             self.outbox.close_incident(ack.incident_id)
         else:
-            self.outbox.save_incident(
-                incident.incident_id, incident.sequence, time.time(), incident.acked
-            )
+            self.continuity.save()
         self._refresh()
 
     def on_connection(self, connected: bool) -> None:

@@ -119,4 +119,7 @@ class Assembler:
             immobilised_at=min(started) if started else None,
             now=now_utc,
         )
+        if result.error is not None:
+            self.counters["coverage_errors"] = self.counters.get("coverage_errors", 0) + 1
+            log.error("coverage check failed (the request says 'unknown'): %s", result.error)
         return result.to_json()

@@ -4,6 +4,18 @@ Foreign exceptions (python-can, paho-mqtt, sqlite3, OSError) are translated at t
 boundary with ``raise ... from`` so callers only ever catch these.
 """
 
+MAX_SHOWN = 80  # characters of a bad value an error message echoes
+
+
+def cut(text: str) -> str:
+    """``text``, cut after MAX_SHOWN characters (a bad value may be a megabyte long)."""
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…"
+
+
+def shown(value: object) -> str:
+    """A bad value as an error message echoes it: its ``repr``, cut."""
+    return cut(repr(value))
+
 
 class AgentError(Exception):
     """Root of every error the agent raises on purpose."""

@@ -1,7 +1,7 @@
 """What the agent tells an onlooker: a call stored, a message delivered, a state change.
 
 The daemon runs with :class:`Unobserved`. The simulators, the demo and the benchmarks plug
-in a recorder (``hw_sim.observed``) to wait on conditions and time calls, without the
+in a recorder (the simulators' ObservedAgent) to wait on conditions and time calls, without the
 production class keeping test-only state.
 """
 

@@ -79,6 +79,7 @@ class Presenter:
             open_incident=incident.incident_id if incident else None,
             outbox_pending=parts.outbox.count() if parts.outbox.is_open else 0,
             oldest_pending_s=None if oldest is None else time.time() - oldest,
+            storage=parts.outbox.storage,
             counters=counters,
         )
 
@@ -88,7 +89,8 @@ class Presenter:
         mqtt = "connected" if self._connected() else "retrying"
         pending = parts.outbox.count() if parts.outbox.is_open else 0
         gps = parts.location.gps_state
-        return f"CAN {parts.can.state}, MQTT {mqtt}, GPS {gps}, {pending} pending"
+        memory = ", outbox in memory" if parts.outbox.storage == "memory" else ""
+        return f"CAN {parts.can.state}, MQTT {mqtt}, GPS {gps}, {pending} pending{memory}"
 
     def show(self, mode: LedMode) -> None:
         if mode == self.led_mode:

@@ -38,7 +38,6 @@ from agent.tls import client_context
 log = logging.getLogger("agent.uplink")
 
 CONNACK_TIMEOUT_S = 10.0
-PUBLISH_TIMEOUT_S = 3.0  # a request or cancel without PUBACK by then: the path is dead
 URGENT = ("request", "cancel")  # what the driver is waiting for
 
 
@@ -84,10 +83,9 @@ class Uplink:
         status: Callable[[str], dict[str, Any]],
         *,
         rng: random.Random | None = None,
-        publish_timeout_s: float = PUBLISH_TIMEOUT_S,
     ) -> None:
         self.cfg = cfg
-        self.publish_timeout_s = publish_timeout_s
+        self.publish_timeout_s = cfg.publish_timeout_s  # no PUBACK by then: the path is dead
         self.vin = vin
         self.topics = Topics(cfg.topic_root, vin)
         self.outbox = outbox

@@ -31,17 +31,18 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import can
 
-from agent.core.frames import CONNECT_LED, ButtonState, LedMode
+from agent.core.frames import CONNECT_LED, LedMode
 from agent.inputs.can_bus import BusReader, open_bus
+from agent.waiters import Waiters
 from bench.agent_proc import AgentProcess
 from bench.busgen import encode_frames, frame_mix
 from bench.common import (
-    BUS_RATES,
     MATRIX_SHARE,
     PYTHON,
     REPO,
@@ -49,54 +50,67 @@ from bench.common import (
     Ecu,
     Gpsd,
     Press,
-    Series,
     Subscriber,
-    attach_receipts,
     machine,
-    mqtt_floor,
-    repeat_presses,
     rss_kib,
     stop_process,
-    write_json,
+)
+from bench.driver import (
+    CALL_TIMEOUT_S,
+    HOLD_MS,
+    LoadRun,
+    phase_parser,
+    press_until_call,
+    presses,
+    progress,
+    run_and_write,
+    run_phases,
 )
 from hw_sim.car import LedObserver, SimulatedCar
 from hw_sim.mosquitto import Mosquitto, free_port
 from hw_sim.scenario import config_text
+from hw_sim.service import Service
 
-HOLD_MS = 100
-CALL_TIMEOUT_S = 5.0
 CHANNEL = "vcan0"
 
 
-def progress(text: str) -> None:
-    print(f"[uml] {text}", file=sys.stderr, flush=True)
+class Car(Service):
+    """The simulated car and roof module on SocketCAN, with a wake-up on every LED change.
 
+    With an agent attached (:meth:`attach`), the ``bench.driver.Target`` of this bench.
+    """
 
-class Car:
-    """The simulated car and roof module on SocketCAN, with a wake-up on every LED change."""
+    name = "uml"
 
-    def __init__(self) -> None:
+    def __init__(self, profile_dir: Path | None = None) -> None:
         self.bus = open_bus("socketcan", CHANNEL, 500_000, [CONNECT_LED])
         self.car = SimulatedCar(self.bus)
         self.led = LedObserver(self.bus)
-        self.changed = asyncio.Event()
+        self.profile_dir = profile_dir
+        self.rss: list[dict[str, int]] = []
+        self._waiters = Waiters()
         self._reader: BusReader | None = None
+        self._agent: AgentProcess | None = None
+        self._closed = False
 
     def _on_message(self, message: can.Message) -> None:
         before = len(self.led.modes)
         self.led.on_message(message)
         if len(self.led.modes) != before:
-            self.changed.set()
+            self._waiters.notify()
 
-    async def __aenter__(self) -> Car:
+    async def start(self) -> None:
         self._reader = BusReader(self.bus, self._on_message)
-        await self.car.__aenter__()
-        return self
+        await self.car.start()
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         await self.car.aclose()
         if self._reader is not None:
             self._reader.stop()
+            self._reader = None
         self.bus.shutdown()
 
     def ready_since(self, t: float) -> bool:
@@ -104,43 +118,85 @@ class Car:
         return bool(modes) and modes[-1][1] == LedMode.READY and modes[-1][0] > t
 
     async def wait_ready_since(self, t: float, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            while True:
-                self.changed.clear()
-                if self.ready_since(t):
-                    return
-                await self.changed.wait()
+        await self._waiters.wait(lambda: self.ready_since(t), timeout)
 
+    # -- bench.driver.Target ----------------------------------------------------------------
 
-async def press_once(agent: AgentProcess, rig: Car, hold_s: float) -> Press:
-    k = len(agent.calls)
-    pressed_at = time.monotonic()
-    rig.car.set_button(ButtonState.PRESSED)
-    press = Press(pressed_at=pressed_at, hold_s=hold_s, threshold_at=pressed_at + hold_s)
-    try:
-        await agent.wait_until(lambda: len(agent.calls) > k, hold_s + CALL_TIMEOUT_S)
-    except TimeoutError:
-        return press  # a missed press
-    finally:
-        rig.car.set_button(ButtonState.RELEASED)
-    _, incident_id, sequence = agent.calls[k]
-    press.incident_id, press.sequence = incident_id, sequence
-    key = (incident_id, sequence)
-    try:
-        await agent.wait_until(
-            lambda: key in agent.deliveries and incident_id in agent.closed, CALL_TIMEOUT_S
+    def attach(self, agent: AgentProcess) -> None:
+        self._agent = agent
+
+    @property
+    def agent(self) -> AgentProcess:
+        assert self._agent is not None, "attach() the agent first"
+        return self._agent
+
+    async def press(self) -> Press:
+        agent = self.agent
+        press, call = await press_until_call(agent, self.car, HOLD_MS / 1000)
+        if call is None:
+            return press  # a missed press
+        _, incident_id, sequence = call
+        press.incident_id, press.sequence = incident_id, sequence
+        key = (incident_id, sequence)
+        try:
+            await agent.wait_until(
+                lambda: key in agent.deliveries and incident_id in agent.closed, CALL_TIMEOUT_S
+            )
+            await self.wait_ready_since(press.pressed_at, CALL_TIMEOUT_S)
+        except TimeoutError:
+            progress(self.name, f"call {incident_id} not closed in time")
+        press.puback_at = agent.deliveries.get(key)
+        return press
+
+    def meter(self) -> CpuMeter:
+        return CpuMeter(self.agent.pid).start()
+
+    @contextlib.asynccontextmanager
+    async def bus_load(self, rate: int) -> AsyncIterator[LoadRun]:
+        gen = await asyncio.create_subprocess_exec(
+            PYTHON,
+            "-m",
+            "bench.busgen",
+            "--channel",
+            CHANNEL,
+            "--rate",
+            str(rate),
+            "--frames",
+            encode_frames(frame_mix()),
+            cwd=REPO,
+            stdout=asyncio.subprocess.PIPE,
         )
-        await rig.wait_ready_since(pressed_at, CALL_TIMEOUT_S)
-    except TimeoutError:
-        progress(f"call {incident_id} not closed in time")
-    press.puback_at = agent.deliveries.get(key)
-    return press
+        assert gen.stdout is not None
+        run: LoadRun | None = None
+        try:
+            async with asyncio.timeout(30):
+                await gen.stdout.readline()  # "running"
+            await asyncio.sleep(1.0)
+            tx0, t0 = vcan_tx_packets(), time.monotonic()
+            meter = self.meter()
+            gen_meter = CpuMeter(gen.pid).start()
 
+            def measured() -> dict[str, Any]:
+                return {
+                    "generator_cpu_pct": gen_meter.percent(),
+                    "vcan0_frames_per_s": round(
+                        (vcan_tx_packets() - tx0) / (time.monotonic() - t0)
+                    ),
+                }
 
-async def presses(
-    agent: AgentProcess, rig: Car, hold_s: float, n: int, rng: random.Random
-) -> list[Press]:
-    return await repeat_presses(lambda: press_once(agent, rig, hold_s), n, rng)
+            run = LoadRun(meter, measured)
+            yield run
+        finally:
+            await stop_process(gen)
+            line = await gen.stdout.readline()
+            if run is not None:
+                run.report = json.loads(line) if line else None
+
+    def profile(self, phase: str) -> contextlib.AbstractAsyncContextManager[Any]:
+        return Profiler(self.profile_dir, self.agent.pid, phase)
+
+    def phase_done(self, calls: int) -> None:
+        self.rss.append({"calls": calls, "rss_kib": rss_kib(self.agent.pid)})
 
 
 class Profiler:
@@ -173,9 +229,7 @@ def vcan_tx_packets() -> int:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(20240807)
-    hold_s = HOLD_MS / 1000
     result: dict[str, Any] = {"machine": machine(), "hold_ms": HOLD_MS}
-    rss: list[dict[str, int]] = []
     state_parent = Path(args.state_parent)
     with (
         tempfile.TemporaryDirectory(prefix="bench-uml-") as tmp,
@@ -188,7 +242,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             Gpsd(gpsd_port),
             Subscriber(broker.port, directory / "subscriber.jsonl") as sub,
             Ecu("socketcan", CHANNEL),
-            Car() as rig,
+            Car(args.profile) as rig,
         ):
             config = directory / "agent.toml"
             config.write_text(
@@ -196,11 +250,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     Path(state), broker.port, gpsd_port, interface="socketcan", channel=CHANNEL
                 )
             )
-            progress("starting the agent")
+            progress(rig.name, "starting the agent")
             agent = AgentProcess(
                 config, sets=[f"button.hold_ms={HOLD_MS}"], cwd=REPO, script=args.agent_script
             )
             await agent.start()
+            rig.attach(agent)
             try:
                 online = await sub.wait_record(
                     lambda r: (
@@ -223,130 +278,37 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     lambda r: r.get("kind") == "status" and r.get("gps") == "fix", timeout=30
                 )
                 await asyncio.sleep(1.0)
-                rss.append({"calls": 0, "rss_kib": rss_kib(agent.pid)})
-                result.update(await phases(args, agent, rig, sub, broker.port, rng, hold_s, rss))
+                rig.phase_done(0)
+                result.update(await phases(args, rig, sub, broker.port, rng))
             finally:
                 code = await agent.stop()
                 result["agent_exit_status"] = code
                 if code not in (0, None):
                     result["agent_log_tail"] = agent.tail
-    result["rss"] = rss
+            result["rss"] = rig.rss
     return result
 
 
-async def phases(  # noqa: PLR0917 - one phase runner, called once
-    args: argparse.Namespace,
-    agent: AgentProcess,
-    rig: Car,
-    sub: Subscriber,
-    port: int,
-    rng: random.Random,
-    hold_s: float,
-    rss: list[dict[str, int]],
+async def phases(
+    args: argparse.Namespace, rig: Car, sub: Subscriber, port: int, rng: random.Random
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    done = 0
-
-    def note_rss() -> None:
-        rss.append({"calls": done, "rss_kib": rss_kib(agent.pid)})
-
-    progress("warm-up")
-    warm = await presses(agent, rig, hold_s, 5, rng)
-    done += len(warm)
-    size = max((r["bytes"] for r in sub.records() if r.get("kind") == "request"), default=2500)
-    out["request_bytes"] = size
-
-    progress(f"MQTT floor ({args.floor} round trips of {size} bytes)")
-    out["mqtt_floor"] = await mqtt_floor(port, sub, args.floor, size)
-
-    progress(f"latency, {args.calls} calls")
-    meter = CpuMeter(agent.pid).start()
-    latency = Series("latency")
-    latency.presses = await presses(agent, rig, hold_s, args.calls, rng)
-    latency.extra["agent_cpu_pct"] = meter.percent()
-    latency.extra["machine_busy_pct"] = meter.busy_percent()
-    attach_receipts(latency.presses, sub.records())
-    out["latency"] = latency.result()
-    done += args.calls
-    note_rss()
-
-    progress(f"idle CPU, {args.idle_s:.0f} s")
-    meter = CpuMeter(agent.pid).start()
-    async with Profiler(args.profile, agent.pid, "idle"):
-        await asyncio.sleep(args.idle_s)
-    out["idle"] = {
-        "seconds": args.idle_s,
-        "agent_cpu_pct": meter.percent(),
-        "machine_busy_pct": meter.busy_percent(),
-    }
-
-    busload: dict[str, Any] = {}
-    frames = encode_frames(frame_mix())
-    for rate in args.rates:
-        progress(f"bus load {rate} frames/s, {args.load_calls} calls")
-        gen = await asyncio.create_subprocess_exec(
-            PYTHON,
-            "-m",
-            "bench.busgen",
-            "--channel",
-            CHANNEL,
-            "--rate",
-            str(rate),
-            "--frames",
-            frames,
-            cwd=REPO,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert gen.stdout is not None
-        async with asyncio.timeout(30):
-            await gen.stdout.readline()  # "running"
-        await asyncio.sleep(1.0)
-        tx0, t0 = vcan_tx_packets(), time.monotonic()
-        meter = CpuMeter(agent.pid).start()
-        gen_meter = CpuMeter(gen.pid).start()
-        series = Series(f"busload_{rate}")
-        async with Profiler(args.profile, agent.pid, f"busload_{rate}"):
-            series.presses = await presses(agent, rig, hold_s, args.load_calls, rng)
-        series.extra["agent_cpu_pct"] = meter.percent()
-        series.extra["generator_cpu_pct"] = gen_meter.percent()
-        series.extra["machine_busy_pct"] = meter.busy_percent()
-        series.extra["vcan0_frames_per_s"] = round(
-            (vcan_tx_packets() - tx0) / (time.monotonic() - t0)
-        )
-        await stop_process(gen)
-        line = await gen.stdout.readline()
-        series.extra["generator"] = json.loads(line) if line else None
-        attach_receipts(series.presses, sub.records())
-        busload[str(rate)] = series.result()
-        done += args.load_calls
-        note_rss()
-    out["busload"] = busload
+    """The shared phases, then calls up to ``--total-calls`` for the memory curve."""
+    out, done = await run_phases(rig, sub, port, rng, args)
     out["busload_mix"] = {"matrix_share": MATRIX_SHARE}
-
     remaining = args.total_calls - done
     if remaining > 0:
-        progress(f"memory: {remaining} more calls, to {args.total_calls}")
-        extra = await presses(agent, rig, hold_s, remaining, rng)
+        progress(rig.name, f"memory: {remaining} more calls, to {args.total_calls}")
+        extra = await presses(rig, remaining, rng)
         done += len(extra)
         out["memory_calls_missed"] = sum(1 for p in extra if p.incident_id is None)
-        note_rss()
+        rig.phase_done(done)
     out["calls_total"] = done
     return out
 
 
-def parse_rates(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--load-calls", type=int, default=200)
+    parser = phase_parser(__doc__.splitlines()[0])
     parser.add_argument("--total-calls", type=int, default=1000)
-    parser.add_argument("--idle-s", type=float, default=30.0)
-    parser.add_argument("--floor", type=int, default=300)
-    parser.add_argument("--rates", type=parse_rates, default=list(BUS_RATES))
     parser.add_argument(
         "--state-parent",
         default=str(REPO / ".cache" / "bench"),
@@ -365,11 +327,7 @@ def main() -> int:
     Path(args.state_parent).mkdir(parents=True, exist_ok=True)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    result = asyncio.run(run(args))
-    result["duration_s"] = round(time.monotonic() - t0, 1)
-    write_json(args.out, result)
-    return 0
+    return run_and_write(run, args)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ def worker(name: str, n: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     if name == "agent.core.geo":
         sys.path.insert(0, str(ROOT))
-        geo = importlib.import_module("agent.core.geo").default_geocoder()
+        geo_module = importlib.import_module("agent.core.geo")
+        geo = geo_module.Geocoder(geo_module.DATA_FILE)
 
         def one(lat: float, lon: float) -> object:
             return geo.lookup(lat, lon)

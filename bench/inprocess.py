@@ -26,25 +26,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from agent import config as config_module
-from agent.core.frames import CONNECT_LED, ButtonState, LedMode
+from agent.core.frames import CONNECT_LED, LedMode
 from agent.inputs.can_bus import open_bus
 from agent.inputs.uds import REQUEST_ID
 from bench.busgen import ThreadLoad, frame_mix
 from bench.common import (
-    BUS_RATES,
     MATRIX_SHARE,
     CpuMeter,
     Gpsd,
@@ -53,23 +51,32 @@ from bench.common import (
     Subscriber,
     attach_receipts,
     machine,
-    mqtt_floor,
     repeat_presses,
     rss_kib,
-    write_json,
+)
+from bench.driver import (
+    CALL_TIMEOUT_S,
+    HOLD_MS,
+    LoadRun,
+    no_profile,
+    phase_parser,
+    press_until_call,
+    progress,
+    run_and_write,
+    run_phases,
 )
 from hw_sim.car import LedObserver, SimulatedCar
 from hw_sim.ecu import SimulatedEcu
 from hw_sim.mosquitto import Mosquitto, free_port
 from hw_sim.observed import ObservedAgent as Agent
 from hw_sim.scenario import Scenario, config_text
-
-HOLD_MS = 100
-CALL_TIMEOUT_S = 5.0
+from hw_sim.service import Service
 
 
-class Rig:
-    """The agent and the simulated ECUs on one virtual bus, in this process."""
+class Rig(Service):
+    """The agent and the simulated ECUs on one virtual bus, in this process: a ``Target``."""
+
+    name = "in-process"
 
     def __init__(self, directory: Path, mqtt_port: int, gpsd_port: int, hold_ms: int) -> None:
         channel = f"bench-{os.getpid()}"
@@ -84,20 +91,21 @@ class Rig:
         self.led = LedObserver(self.bus)
         self.ecu_bus = open_bus("virtual", channel, 500_000, [REQUEST_ID])
         self.ecu = SimulatedEcu(self.ecu_bus)
+        self.frames = frame_mix()
         self.stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sim_threads: list[int] = []
 
-    async def __aenter__(self) -> Rig:
+    async def start(self) -> None:
         before = {t.native_id for t in threading.enumerate()}
         self.led.start()
-        await self.ecu.__aenter__()
+        await self.ecu.start()
         self._sim_threads = [
             t.native_id
             for t in threading.enumerate()
             if t.native_id not in before and t.native_id is not None
         ]
-        await self.car.__aenter__()
+        await self.car.start()
         self._task = asyncio.create_task(self.agent.run(self.stop), name="agent")
         agent = self.agent
         await agent.wait_until(
@@ -105,18 +113,13 @@ class Rig:
         )
         if not await agent.wait_gps_fix(timeout=15):
             raise RuntimeError("no GPS fix from the fake gpsd")
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
         self.stop.set()
-        if self._task is not None:
+        task, self._task = self._task, None
+        if task is not None:
             async with asyncio.timeout(15):
-                await self._task
+                await task
         await self.car.aclose()
         self.led.stop()
         await self.ecu.aclose()
@@ -127,20 +130,46 @@ class Rig:
         """Native ids of the simulator's own threads: roof module reader, the ECU's threads."""
         return list(self._sim_threads)
 
+    # -- bench.driver.Target ----------------------------------------------------------------
+
+    async def press(self) -> Press:
+        return await press_once(self.agent, self.car, self.hold_s)
+
+    def meter(self) -> CpuMeter:
+        return CpuMeter(exclude=self.sim_threads).start()
+
+    @contextlib.asynccontextmanager
+    async def bus_load(self, rate: int) -> AsyncIterator[LoadRun]:
+        gen_bus = open_bus("virtual", self.channel, 500_000, [CONNECT_LED])
+        load = ThreadLoad(gen_bus, rate, self.frames).start()
+        run: LoadRun | None = None
+        try:
+            await asyncio.sleep(1.0)
+            gen_tid = load.native_id
+
+            def exclude(gen: int | None = gen_tid) -> Sequence[int]:
+                return [*self.sim_threads(), *([gen] if gen else [])]
+
+            run = LoadRun(CpuMeter(exclude=exclude).start())
+            yield run
+        finally:
+            report = load.stop()
+            gen_bus.shutdown()
+            if run is not None:
+                run.report = report
+
+    def profile(self, phase: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return no_profile(phase)
+
+    def phase_done(self, calls: int) -> None:
+        pass
+
 
 async def press_once(agent: Agent, car: SimulatedCar, hold_s: float) -> Press:
     """Hold CONNECT until the agent starts the call; wait for delivery, close and LED ready."""
-    k = len(agent.calls)
-    pressed_at = time.monotonic()
-    car.set_button(ButtonState.PRESSED)
-    press = Press(pressed_at=pressed_at, hold_s=hold_s, threshold_at=pressed_at + hold_s)
-    try:
-        await agent.wait_until(lambda: len(agent.calls) > k, hold_s + CALL_TIMEOUT_S)
-    except TimeoutError:
+    press, call = await press_until_call(agent, car, hold_s)
+    if call is None:
         return press  # a missed press
-    finally:
-        car.set_button(ButtonState.RELEASED)
-    call = agent.calls[k]
     press.incident_id, press.sequence = call.incident_id, call.sequence
     press.held_at_agent = press.threshold_at = call.held_at
     press.stored_at = call.stored_at
@@ -158,16 +187,6 @@ async def press_once(agent: Agent, car: SimulatedCar, hold_s: float) -> Press:
         logging.getLogger("bench").warning("call %s not closed in time", call.incident_id)
     press.puback_at = agent.deliveries.get(key)
     return press
-
-
-async def presses(
-    agent: Agent, car: SimulatedCar, hold_s: float, n: int, rng: random.Random
-) -> list[Press]:
-    return await repeat_presses(lambda: press_once(agent, car, hold_s), n, rng)
-
-
-def progress(text: str) -> None:
-    print(f"[in-process] {text}", file=sys.stderr, flush=True)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -188,66 +207,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ):
             result["rss_kib_process_before_agent"] = rss_kib()
             async with Rig(directory, broker.port, gpsd_port, HOLD_MS) as rig:
-                agent, car = rig.agent, rig.car
+                agent = rig.agent
                 result["rss_kib_process_after_start"] = rss_kib()
-                progress("warm-up")
-                warm = await presses(agent, car, rig.hold_s, 5, rng)
-                attach_receipts(warm, sub.records())
-                size = max(
-                    (r["bytes"] for r in sub.records() if r.get("kind") == "request"), default=2500
-                )
-                result["request_bytes"] = size
-
-                progress(f"MQTT floor ({args.floor} round trips of {size} bytes)")
-                result["mqtt_floor"] = await mqtt_floor(broker.port, sub, args.floor, size)
-
-                progress(f"latency, {args.calls} calls")
-                meter = CpuMeter(exclude=rig.sim_threads).start()
-                latency = Series("latency")
-                latency.presses = await presses(agent, car, rig.hold_s, args.calls, rng)
-                latency.extra["agent_cpu_pct"] = meter.percent()
-                latency.extra["machine_busy_pct"] = meter.busy_percent()
-                attach_receipts(latency.presses, sub.records())
-                result["latency"] = latency.result()
-
-                progress(f"idle CPU, {args.idle_s:.0f} s")
-                meter = CpuMeter(exclude=rig.sim_threads).start()
-                await asyncio.sleep(args.idle_s)
-                result["idle"] = {
-                    "seconds": args.idle_s,
-                    "agent_cpu_pct": meter.percent(),
-                    "machine_busy_pct": meter.busy_percent(),
-                }
-
-                busload: dict[str, Any] = {}
-                frames = frame_mix()
-                for rate in args.rates:
-                    progress(f"bus load {rate} frames/s, {args.load_calls} calls")
-                    gen_bus = open_bus("virtual", rig.channel, 500_000, [CONNECT_LED])
-                    load = ThreadLoad(gen_bus, rate, frames).start()
-                    await asyncio.sleep(1.0)
-                    gen_tid = load.native_id
-
-                    def exclude(gen: int | None = gen_tid) -> Sequence[int]:
-                        return [*rig.sim_threads(), *([gen] if gen else [])]
-
-                    meter = CpuMeter(exclude=exclude).start()
-                    series = Series(f"busload_{rate}")
-                    series.presses = await presses(agent, car, rig.hold_s, args.load_calls, rng)
-                    series.extra["agent_cpu_pct"] = meter.percent()
-                    series.extra["machine_busy_pct"] = meter.busy_percent()
-                    series.extra["generator"] = load.stop()
-                    gen_bus.shutdown()
-                    attach_receipts(series.presses, sub.records())
-                    busload[str(rate)] = series.result()
-                result["busload"] = busload
-                result["busload_mix"] = {"matrix_share": MATRIX_SHARE, "frames": len(frames)}
+                phases, _ = await run_phases(rig, sub, broker.port, rng, args)
+                result.update(phases)
+                result["busload_mix"] = {"matrix_share": MATRIX_SHARE, "frames": len(rig.frames)}
                 result["rss_kib_process_end"] = rss_kib()
                 result["calls_total"] = len(agent.calls)
                 result["agent_counters"] = dict(agent.counters) | dict(agent.can.counters)
 
             if args.scenario:
-                progress(f"Scenario as the tests use it (backend in-process), {args.calls} calls")
+                progress(
+                    rig.name,
+                    f"Scenario as the tests use it (backend in-process), {args.calls} calls",
+                )
                 (directory / "scenario").mkdir()
                 result["scenario"] = await scenario_latency(
                     directory / "scenario", (broker.port, gpsd_port), sub, args.calls, rng
@@ -269,30 +242,17 @@ async def scenario_latency(
     ) as sim:
         await sim.agent.wait_gps_fix(timeout=15)
         series = Series("scenario")
-        series.presses = await presses(sim.agent, sim.car, HOLD_MS / 1000, n, rng)
+        series.presses = await repeat_presses(
+            lambda: press_once(sim.agent, sim.car, HOLD_MS / 1000), n, rng
+        )
         attach_receipts(series.presses, sub.records())
         return series.result()
 
 
-def parse_rates(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--load-calls", type=int, default=200)
-    parser.add_argument("--idle-s", type=float, default=30.0)
-    parser.add_argument("--floor", type=int, default=300)
-    parser.add_argument("--rates", type=parse_rates, default=list(BUS_RATES))
+    parser = phase_parser(__doc__.splitlines()[0])
     parser.add_argument("--scenario", action="store_true")
-    args = parser.parse_args(argv)
-    t0 = time.monotonic()
-    result = asyncio.run(run(args))
-    result["duration_s"] = round(time.monotonic() - t0, 1)
-    write_json(args.out, result)
-    return 0
+    return run_and_write(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -22,7 +21,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.waiters import Waiters
 from hw_sim.contract import errors as schema_errors
+from hw_sim.service import Service
 
 log = logging.getLogger("hw_sim.backend")
 
@@ -37,7 +38,7 @@ class Received:
     retained: bool = False
 
 
-class SimulatedBackend:
+class SimulatedBackend(Service):
     def __init__(
         self,
         host: str,
@@ -60,7 +61,7 @@ class SimulatedBackend:
         self.invalid: list[tuple[str, list[str]]] = []
         self.status: dict[str, dict[str, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._changed = asyncio.Event()
+        self._waiters = Waiters()
         self._connected = asyncio.Event()
         # A persistent session, as a real backend has: what vehicles publish while it is
         # reconnecting waits for it at the broker.
@@ -76,7 +77,8 @@ class SimulatedBackend:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def __aenter__(self) -> SimulatedBackend:
+    async def start(self) -> None:
+        """Connect and subscribe; returns once the broker accepted the session."""
         self._loop = asyncio.get_running_loop()
         kwargs: dict[str, Any] = {}
         if self.protocol == "5":
@@ -89,17 +91,9 @@ class SimulatedBackend:
         self._client.loop_start()
         async with asyncio.timeout(10):
             await self._connected.wait()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
+        """Disconnect (safe to call twice)."""
         if self._loop is None:
             return
         self._loop = None
@@ -165,7 +159,7 @@ class SimulatedBackend:
                 self.requests[key] = item
                 if self.auto_ack:
                     self.ack(vin, payload["incident_id"], self.auto_ack)
-        self._changed.set()
+        self._waiters.notify()
 
     # -- operator actions -------------------------------------------------------------------
 
@@ -194,22 +188,15 @@ class SimulatedBackend:
     # -- waiting ----------------------------------------------------------------------------
 
     async def next_change(self) -> None:
-        """Wait for the next change (new LED mode / new message)."""
-        self._changed.clear()
-        await self._changed.wait()
+        """Wait for the next message."""
+        await self._waiters.next()
 
     def of_kind(self, kind: str) -> list[Received]:
         return [r for r in self.received if r.kind == kind]
 
     async def wait_for(self, kind: str, count: int = 1, timeout: float = 10.0) -> list[Received]:
-        async with asyncio.timeout(timeout):
-            while len(self.of_kind(kind)) < count:
-                self._changed.clear()
-                await self._changed.wait()
+        await self._waiters.wait(lambda: len(self.of_kind(kind)) >= count, timeout)
         return self.of_kind(kind)
 
     async def wait_status(self, vin: str, key: str, value: Any, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while self.status.get(vin, {}).get(key) != value:
-                self._changed.clear()
-                await self._changed.wait()
+        await self._waiters.wait(lambda: self.status.get(vin, {}).get(key) == value, timeout)

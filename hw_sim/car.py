@@ -10,17 +10,16 @@ Frames are built and read with :mod:`hw_sim.matrix`, never with the agent's code
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import can
 
 from agent.inputs.can_bus import BusReader, open_bus
+from agent.waiters import Waiters
 from hw_sim.matrix import (
     ASSIST_CATEGORY,
     CONNECT_BUTTON,
@@ -37,6 +36,7 @@ from hw_sim.matrix import (
     TyrePressure,
     VehicleStatus,
 )
+from hw_sim.service import Service, cancel_tasks
 
 log = logging.getLogger("hw_sim.car")
 
@@ -69,7 +69,7 @@ def dbc_path() -> Path:
     return DEFAULT_DBC
 
 
-class SimulatedCar:
+class SimulatedCar(Service):
     """The ECUs around the agent. Use as ``async with SimulatedCar(bus) as car:``."""
 
     def __init__(self, bus: can.BusABC, matrix: SimMatrix | None = None) -> None:
@@ -86,28 +86,19 @@ class SimulatedCar:
         self._tasks: list[asyncio.Task[None]] = []
         self.sent = 0
 
-    async def __aenter__(self) -> SimulatedCar:
+    async def start(self) -> None:
+        """Send the cyclic frames from now on, until :meth:`aclose`."""
+        if self._tasks:
+            raise RuntimeError("the car is already running")
         self._tasks = [
             asyncio.create_task(self._cycle_button(), name="sim-button"),
             asyncio.create_task(self._cycle_status(), name="sim-status"),
         ]
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
+        """Stop the cyclic frames (safe to call twice); the bus stays open, it is the caller's."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(*tasks)
 
     def send(self, frame_id: int, data: bytes) -> None:
         try:
@@ -185,7 +176,7 @@ class LedObserver:
         self.modes: list[tuple[float, LedMode]] = []  # changes only
         self.frames = 0
         self.bad_frames = 0
-        self._changed = asyncio.Event()
+        self._waiters = Waiters()
         self._reader: BusReader | None = None
 
     @property
@@ -212,21 +203,16 @@ class LedObserver:
             return
         if mode != self.mode:
             self.modes.append((time.monotonic(), mode))
-            self._changed.set()
+            self._waiters.notify()
 
     async def wait_for(self, mode: LedMode, timeout: float = 10.0) -> float:
         """Wait until the LED shows ``mode``; returns the monotonic time it changed to it."""
-        async with asyncio.timeout(timeout):
-            while True:
-                if self.mode == mode:
-                    return self.modes[-1][0]
-                self._changed.clear()
-                await self._changed.wait()
+        await self._waiters.wait(lambda: self.mode == mode, timeout)
+        return self.modes[-1][0]
 
     async def next_change(self) -> None:
         """Wait for the next change (new LED mode / new message)."""
-        self._changed.clear()
-        await self._changed.wait()
+        await self._waiters.next()
 
     def sequence(self) -> list[str]:
         return [mode.name.lower() for _, mode in self.modes]

@@ -25,12 +25,12 @@ import asyncio
 import logging
 import threading
 from dataclasses import dataclass
-from types import TracebackType
 
 import can
 import isotp
 
 from agent.inputs.can_bus import open_bus
+from hw_sim.service import Service
 
 __all__ = ["DEFAULT_DTCS", "DEFAULT_VIN", "REQUEST_ID", "RESPONSE_ID", "SimulatedEcu", "StoredDtc"]
 
@@ -56,7 +56,7 @@ DEFAULT_DTCS = (
 )
 
 
-class SimulatedEcu:
+class SimulatedEcu(Service):
     """``async with SimulatedEcu(bus) as ecu:`` answers UDS until the block ends."""
 
     def __init__(
@@ -83,23 +83,16 @@ class SimulatedEcu:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def __aenter__(self) -> SimulatedEcu:
-        await asyncio.to_thread(self.start)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    async def start(self) -> None:
+        """Answer UDS requests from now on, on threads of its own."""
+        await asyncio.to_thread(self._start_threads)
 
     async def aclose(self) -> None:
+        """Stop answering (safe to call twice); the bus stays open, it is the caller's."""
         # Joining threads blocks for up to a read timeout: not on the event loop.
-        await asyncio.to_thread(self.stop)
+        await asyncio.to_thread(self._stop_threads)
 
-    def start(self) -> None:
+    def _start_threads(self) -> None:
         if self._thread is not None:
             raise RuntimeError("the ECU is already running")
         self._stop.clear()
@@ -117,8 +110,7 @@ class SimulatedEcu:
         self._thread = threading.Thread(target=self._serve, name="sim-ecu", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop answering (safe to call twice); the bus stays open, it is the caller's."""
+    def _stop_threads(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)

@@ -40,7 +40,7 @@ __all__ = [
     "run_fake_gpsd",
 ]
 
-from hw_sim.service import Service
+from hw_sim.service import Service, cancel_tasks
 
 log = logging.getLogger("hw_sim.gpsd")
 
@@ -342,10 +342,7 @@ class FakeGpsd(Service):
         if self._closed:
             return
         self._closed = True
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        await cancel_tasks(self._ticker)
         if self._server is not None:
             self._server.close()
         await self.disconnect_clients()

@@ -3,7 +3,6 @@ state. For the scenario, the demo, the benchmarks and the tests; the daemon runs
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +11,7 @@ from agent.app import Agent
 from agent.inputs.can_bus import CanInput
 from agent.inputs.uds import UdsClient
 from agent.observer import CallRecord
+from agent.waiters import Waiters
 from hw_sim.matrix import LedMode
 
 KEEP_RECORDS = 1000  # calls and deliveries remembered
@@ -21,27 +21,24 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: deque[CallRecord] = deque(maxlen=KEEP_RECORDS)
         self.deliveries: dict[tuple[str, str, int], float] = {}  # (kind, id, seq) -> monotonic
-        self._changed = asyncio.Event()
+        self._changed = Waiters()
 
     def call_stored(self, record: CallRecord) -> None:
         self.calls.append(record)
-        self._changed.set()
+        self._changed.notify()
 
     def delivered(self, kind: str, incident_id: str, sequence: int, at: float) -> None:
         self.deliveries[(kind, incident_id, sequence)] = at
         if len(self.deliveries) > KEEP_RECORDS:
             del self.deliveries[next(iter(self.deliveries))]
-        self._changed.set()
+        self._changed.notify()
 
     def changed(self) -> None:
-        self._changed.set()
+        self._changed.notify()
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Wait until ``predicate()`` holds, re-checking on every state change."""
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
+        await self._changed.wait(predicate, timeout)
 
 
 class ObservedAgent(Agent):

@@ -12,7 +12,6 @@ import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 from agent import config as config_module
 from agent.inputs.can_bus import open_bus
@@ -22,6 +21,7 @@ from hw_sim.car import LedObserver, SimulatedCar, dbc_path, open_sim_bus
 from hw_sim.ecu import SimulatedEcu
 from hw_sim.matrix import LedMode
 from hw_sim.observed import ObservedAgent as Agent
+from hw_sim.service import Service
 
 VIN = "YSMFD3KA5PL012345"
 COVERAGE_PROFILE = dbc_path().parent / "coverage" / "polestar.toml"
@@ -98,7 +98,7 @@ profile = "{COVERAGE_PROFILE}"
 """
 
 
-class Scenario:
+class Scenario(Service):
     """``async with Scenario(dir, mqtt_port, gpsd_port) as s:`` -> s.agent, s.car, s.led, s.backend.
 
     On entry the agent runs, its LED shows ``ready`` and its status is ``online``.
@@ -146,12 +146,13 @@ class Scenario:
         self.stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Scenario:
+    async def start(self) -> None:
+        """Start the simulators and the agent; returns once the agent is ready and online."""
         self.led.start()
         if self.ecu is not None:
-            await self.ecu.__aenter__()
-        await self.backend.__aenter__()
-        await self.car.__aenter__()
+            await self.ecu.start()
+        await self.backend.start()
+        await self.car.start()
         self._task = asyncio.create_task(self.agent.run(self.stop), name="agent")
         try:
             await self.led.wait_for(LedMode.READY, timeout=10)
@@ -159,15 +160,6 @@ class Scenario:
         except BaseException:
             await self.aclose()
             raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def stop_agent(self, timeout: float = 15.0) -> None:
         """Stop the agent the way SIGTERM does and wait for it to finish."""
@@ -177,7 +169,18 @@ class Scenario:
             async with asyncio.timeout(timeout):
                 await task
 
+    async def restart_agent(self) -> None:
+        """Stop the agent as SIGTERM does and start a new one on the same state and config,
+        as systemd would; returns once it is online again."""
+        await self.stop_agent()
+        self.stop = asyncio.Event()
+        self.agent = Agent(self.config)
+        self._task = asyncio.create_task(self.agent.run(self.stop), name="agent")
+        await self.agent.started.wait()
+        await self.agent.wait_until(lambda: self.agent.uplink.connected, 15)
+
     async def aclose(self) -> None:
+        """Stop the agent, then the simulators, and close the buses (safe to call twice)."""
         try:
             await self.stop_agent()
         finally:

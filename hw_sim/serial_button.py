@@ -20,17 +20,18 @@ import sys
 import time
 import tty
 from pathlib import Path
-from types import TracebackType
 
+from agent.waiters import Waiters
 from hw_sim.lines import Bad, Led, LineBuffer, button_line, category_line, parse
 from hw_sim.matrix import CATEGORIES, ButtonState, LedMode
+from hw_sim.service import Service, cancel_tasks
 
 __all__ = ["COMMANDS_HELP", "SerialButtonModule", "run_serial_button"]
 
 log = logging.getLogger("hw_sim.serial_button")
 
 
-class SerialButtonModule:
+class SerialButtonModule(Service):
     """A roof module behind a pty. Knobs: ``button_silent``, ``period_s``, :meth:`send_raw`."""
 
     def __init__(self, link: str | Path | None = None, *, period_s: float = 0.1) -> None:
@@ -49,7 +50,7 @@ class SerialButtonModule:
         self._slave_name = ""
         self._lines = LineBuffer()
         self._task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
+        self._waiters = Waiters()
 
     @property
     def port_path(self) -> str:
@@ -64,19 +65,8 @@ class SerialButtonModule:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def __aenter__(self) -> SerialButtonModule:
-        self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def start(self) -> SerialButtonModule:
+    async def start(self) -> None:
+        """Open the pty (and the link) and start talking."""
         if self._master >= 0:
             raise RuntimeError("the module is already running")
         self._master, self._slave = os.openpty()
@@ -97,15 +87,11 @@ class SerialButtonModule:
         loop.add_reader(self._master, self._readable)
         self._task = asyncio.create_task(self._cycle(), name="sim-serial-button")
         log.info("serial button module on %s", self.port_path)
-        return self
 
     async def aclose(self) -> None:
         """Stop and close the pty (safe to call twice): the agent's reads fail with EIO."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(task)
         if self._master >= 0:
             asyncio.get_running_loop().remove_reader(self._master)
             os.close(self._master)
@@ -191,22 +177,17 @@ class SerialButtonModule:
             self.rejected["bad_framing"] = (
                 self.rejected.get("bad_framing", 0) + self._lines.dropped - dropped
             )
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._waiters.notify()
 
     async def wait_for_led(self, mode: LedMode, timeout: float = 10.0) -> float:
         """Wait until the last CNLED received is ``mode``; returns when it arrived."""
-        async with asyncio.timeout(timeout):
-            while self.led != mode:
-                await self._changed.wait()
+        await self._waiters.wait(lambda: self.led == mode, timeout)
         return self.leds[-1][0]
 
     async def next_led(self, timeout: float | None = 10.0) -> LedMode:
         """Wait for the next CNLED line, whatever its mode."""
         seen = len(self.leds)
-        async with asyncio.timeout(timeout):
-            while len(self.leds) == seen:
-                await self._changed.wait()
+        await self._waiters.wait(lambda: len(self.leds) > seen, timeout)
         return self.leds[seen][1]
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
+
+__all__ = ["Service", "cancel_tasks"]
 
 
 class Service:
@@ -26,3 +30,13 @@ class Service:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+async def cancel_tasks(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel the tasks and wait until each has ended (``None``s skipped): for ``aclose()``."""
+    running = [task for task in tasks if task is not None]
+    for task in running:
+        task.cancel()
+    for task in running:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -142,3 +142,47 @@ def test_random_toml_never_crashes(tmp_path: Path, doc: dict[str, dict[str, obje
         config.load(path, environ={})
     except ConfigError as exc:
         assert str(path) in str(exc)
+
+
+# -- the coverage profile the file names: the same safe reader, one line naming both files ----
+
+DBC = Path(__file__).resolve().parent.parent / "config" / "connect.dbc"
+
+
+def _config_naming(tmp_path: Path, profile: Path) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        f'[can]\ndbc = "{DBC}"\n[mqtt]\nhost = "127.0.0.1"\ntls = false\nallow_insecure = true\n'
+        '[vehicle]\nvin = "YSMFD3KA5PL012345"\n[contact]\nname = "A"\nphone = "+41 79 123 45 67"\n'
+        f'[state]\ndirectory = "state"\n[coverage]\nprofile = "{profile}"\n'
+    )
+    return path
+
+
+PROFILE_GARBAGE = {k: GARBAGE[k] for k in ("binary", "invalid-utf8", "nested-arrays", "nul")}
+
+
+@pytest.mark.parametrize("kind", [*sorted(PROFILE_GARBAGE), "fifo", "directory", "huge"])
+def test_garbage_coverage_profile(tmp_path: Path, kind: str) -> None:
+    profile = tmp_path / f"{kind}.profile.toml"
+    if kind == "fifo":
+        os.mkfifo(profile)  # nobody writes to it: a blocking open would hang check-config
+    elif kind == "directory":
+        profile.mkdir()
+    elif kind == "huge":
+        profile.write_bytes(GARBAGE["ten-megabytes"])
+    else:
+        profile.write_bytes(PROFILE_GARBAGE[kind])
+    path = _config_naming(tmp_path, profile)
+    result = _check_config(path, "check-config")
+    _assert_one_line_error(result, path)
+    assert f"key 'coverage.profile': {profile}: " in result.stderr
+
+
+def test_a_long_bad_value_is_echoed_cut(tmp_path: Path) -> None:
+    path = _config_naming(tmp_path, tmp_path / "unused.toml")
+    with pytest.raises(ConfigError) as info:
+        config.load(path, environ={}, overrides={"mqtt.host": "bad host " * 10_000})
+    message = str(info.value)
+    assert message.startswith(f"{path}: key 'mqtt.host': expected a host name")
+    assert message.endswith("…") and len(message) < len(str(path)) + 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -12,21 +13,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.config import load_profile
 from agent.core.coverage import (
     CATEGORIES,
     CoverageProfile,
     CoverageResult,
     LimitCity,
     evaluate,
-    load_profile,
 )
-from agent.core.geo import Place, default_geocoder
+from agent.core.geo import DATA_FILE, Geocoder, Place
 from agent.errors import ConfigError
 
 PROFILE_PATH = Path(__file__).resolve().parents[1] / "config" / "coverage" / "polestar.toml"
 PROFILE = load_profile(PROFILE_PATH)
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 EARTH_KM = 6371.0088
+
+
+@pytest.fixture(scope="module")
+def geo() -> Iterator[Geocoder]:
+    with Geocoder(DATA_FILE) as geocoder:
+        yield geocoder
+
 
 LISTED = {
     "AL", "AD", "AT", "BY", "BE", "BA", "BG", "HR", "CZ", "DK", "EE", "FI", "FR", "DE", "GI",
@@ -146,8 +154,8 @@ def test_northern_cyprus_is_not_covered_the_republic_is() -> None:
         (45.5, -5.0, "unknown"),  # Bay of Biscay: no country
     ],
 )
-def test_with_the_geocoder(lat: float, lon: float, status: str) -> None:
-    assert check(default_geocoder().lookup(lat, lon), lat, lon).status == status
+def test_with_the_geocoder(geo: Geocoder, lat: float, lon: float, status: str) -> None:
+    assert check(geo.lookup(lat, lon), lat, lon).status == status
 
 
 def test_kaliningrad_reason_names_the_nearest_city() -> None:
@@ -440,8 +448,10 @@ def test_evaluate_never_raises(inputs: dict[str, Any]) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(lat=st.floats(), lon=st.floats())
-def test_geocoder_and_evaluate_never_raise_for_any_coordinate(lat: float, lon: float) -> None:
-    place = default_geocoder().lookup(lat, lon)
+def test_geocoder_and_evaluate_never_raise_for_any_coordinate(
+    geo: Geocoder, lat: float, lon: float
+) -> None:
+    place = geo.lookup(lat, lon)
     check(place, lat, lon)
 
 

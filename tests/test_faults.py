@@ -240,3 +240,32 @@ async def test_lost_ack_is_recovered_by_repeating_the_request(
     assert_delivered_once(sim.backend, {(incident_id, 1)})
     repeat = sim.backend.of_kind("request")[1].payload
     assert repeat == first.payload  # same id, sequence and created_at: late, and says so
+
+
+async def test_a_restart_with_an_open_incident_goes_on_counting_and_repeating(
+    tmp_path: Path, mosquitto: Mosquitto, fake_gpsd: FakeGpsd
+) -> None:
+    """The backend never answers. After a restart the updates go on from the last sequence
+    (not 1 again, which the backend would take for a duplicate) and the request is repeated
+    after ack_timeout_s, as before the stop (issue 14, item 4)."""
+    overrides = {**FAST, "mqtt.ack_timeout_s": "2"}
+    async with Scenario(
+        tmp_path, mosquitto.port, fake_gpsd.port, overrides=overrides, auto_ack=None
+    ) as sim:
+        sim.agent.update_interval_s = 0.3  # SPEC: at most every 10 s; compressed for the test
+        await sim.car.hold(2100)
+        [request] = await sim.backend.wait_for("request", 1, timeout=10)
+        incident_id = request.payload["incident_id"]
+        sim.car.set_status(battery_12v_v=11.2)
+        await sim.backend.wait_for("update", 1, timeout=10)
+        await sim.agent.wait_until(lambda: sim.agent.outbox.count() == 0, 10)
+        await sim.restart_agent()
+        sim.agent.update_interval_s = 0.3
+        repeats = len(sim.backend.of_kind("request"))
+        updates = len(sim.backend.of_kind("update"))
+        sim.car.set_status(battery_12v_v=10.9)
+        after = await sim.backend.wait_for("update", updates + 1, timeout=10)
+        await sim.backend.wait_for("request", repeats + 1, timeout=15)  # repeated after restart
+    assert after[-1].payload["sequence"] == after[updates - 1].payload["sequence"] + 1
+    assert after[-1].payload["vehicle_state"]["battery_12v_v"] == 10.9
+    assert_delivered_once(sim.backend, {(incident_id, 1)})

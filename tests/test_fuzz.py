@@ -40,9 +40,10 @@ from agent.core.frames import (
     VehicleStatus,
     load_dbc,
 )
+from agent.core.gpsd_reports import BadReport, decode_report, fix_from_tpv
 from agent.core.incident import Ack, parse_ack
 from agent.errors import ConfigError
-from agent.inputs.gpsd import BadReport, GpsdSource, decode_report, fix_from_tpv
+from agent.inputs.gpsd import GpsdSource
 from agent.inputs.uds import RESPONSE_ID as UDS_RESPONSE_ID
 from agent.tls import certificate_validity
 from hw_sim.car import dbc_path

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
-from agent.core.geo import DATA_FILE, Geocoder, GeoDataError, Place, default_geocoder
+from agent.core.geo import DATA_FILE, Geocoder, GeoDataError, Place
 
 # A point in the capital (or main town) of every country the Polestar terms list.
 CAPITALS = {
@@ -149,8 +150,9 @@ SEA = [
 
 
 @pytest.fixture(scope="module")
-def geo() -> Geocoder:
-    return default_geocoder()
+def geo() -> Iterator[Geocoder]:
+    with Geocoder(DATA_FILE) as geocoder:
+        yield geocoder
 
 
 @pytest.mark.parametrize(
@@ -217,16 +219,44 @@ def test_locality_distance_is_that_of_the_place(geo: Geocoder) -> None:
     assert near.locality_distance_km < 0.5
 
 
-def test_default_geocoder_is_shared() -> None:
-    assert default_geocoder() is default_geocoder()
+def test_two_geocoders_on_one_file_are_independent_and_close_their_maps() -> None:
+    code = (
+        "import agent.core.geo as g\n"
+        "maps = lambda: open('/proc/self/maps').read().count('geo.bin')\n"
+        "a, b = g.Geocoder(g.DATA_FILE), g.Geocoder(g.DATA_FILE)\n"
+        "made = maps()\n"
+        "ca, cb = a.lookup(47.5583, 7.5883).country, b.lookup(46.948, 7.4474).country\n"
+        "both = maps()\n"
+        "a.close(); a.close()\n"
+        "after_a = maps(); still = b.lookup(47.5583, 7.5883).country\n"
+        "b.close(); b.close()\n"
+        "print(ca, cb, still, made, both, after_a, maps())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[:3] == ["CH", "CH", "CH"]
+    made, both, after_a, after_b = (int(n) for n in out[3:])
+    assert made == 0  # making one maps nothing: the first lookup does
+    assert both >= 2  # one map each
+    assert 1 <= after_a < both  # closing one leaves the other's
+    assert after_b == 0
+
+
+def test_lookup_after_close_maps_the_file_again() -> None:
+    other = Geocoder(DATA_FILE)
+    assert other.lookup(47.5583, 7.5883).country == "CH"
+    other.close()
+    assert other.lookup(47.5583, 7.5883).country == "CH"
+    other.close()
 
 
 def test_import_does_not_map_the_data() -> None:
     code = (
         "import agent.core.geo as g\n"
         "maps = lambda: open('/proc/self/maps').read().count('geo.bin')\n"
-        "before = maps(); g.default_geocoder(); made = maps()\n"
-        "g.default_geocoder().lookup(47.5, 7.6)\n"
+        "before = maps(); geo = g.Geocoder(g.DATA_FILE); made = maps()\n"
+        "geo.lookup(47.5, 7.6)\n"
         "print(before, made, maps())\n"
     )
     out = subprocess.run(
@@ -264,3 +294,18 @@ def test_data_file_was_built_by_the_committed_script(geo: Geocoder) -> None:
     assert geo.header["tolerance_m"] == build.TOLERANCE_M
     assert geo.header["bbox"] == list(build.bbox_units())
     assert DATA_FILE.read_bytes().startswith(build.MAGIC)
+
+
+def test_border_runs_near_basel_and_dover(geo: Geocoder) -> None:
+    units = geo.units_per_degree
+    basel = list(geo.border_runs((7.5, 47.5, 7.7, 47.6)))
+    assert basel and not any(run.coast for run in basel)
+    assert all(len(run.points) >= 2 for run in basel)
+    # some vertex lies in the box: the CH/DE/FR tripoint is at about 7.589 E, 47.590 N
+    assert any(
+        7.5 <= x / units <= 7.7 and 47.5 <= y / units <= 47.6
+        for run in basel
+        for x, y in run.points
+    )
+    assert any(run.coast for run in geo.border_runs((1.2, 51.0, 1.5, 51.2)))
+    assert list(geo.border_runs((-30.0, 40.0, -29.9, 40.1))) == []  # open Atlantic

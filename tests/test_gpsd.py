@@ -23,15 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from peers import free_port
 
+from agent.core.gpsd_reports import BadReport, decode_report, fix_from_tpv, horizontal_accuracy
 from agent.core.location import Fix, LocationTracker
-from agent.inputs.gpsd import (
-    COUNTER_NAMES,
-    BadReport,
-    GpsdSource,
-    decode_report,
-    fix_from_tpv,
-    horizontal_accuracy,
-)
+from agent.inputs.gpsd import COUNTER_NAMES, GpsdSource
 from hw_sim.gpsd import FakeGpsd, Route, load_route, route_samples, route_to_nmea
 
 TIMEOUT = 5.0

@@ -33,10 +33,14 @@ def assert_once(backend: SimulatedBackend, incident_id: str) -> None:
 async def test_a_request_into_a_frozen_link_is_delivered_on_a_new_connection(
     tmp_path: Path, mosquitto: Mosquitto, fake_gpsd: FakeGpsd
 ) -> None:
-    """The MQTT keep-alive would notice after 1.5 x 20 s; the publish deadline (3 s) does."""
+    """The MQTT keep-alive would notice after 1.5 x 20 s; the publish deadline (here 1.5 s,
+    by ``mqtt.publish_timeout_s``) does."""
+    overrides = {"mqtt.publish_timeout_s": "1.5"}
     async with (
         Link(mosquitto.port) as link,
-        Scenario(tmp_path, link.port, fake_gpsd.port, backend_port=mosquitto.port) as sim,
+        Scenario(
+            tmp_path, link.port, fake_gpsd.port, backend_port=mosquitto.port, overrides=overrides
+        ) as sim,
     ):
         await sim.agent.wait_until(lambda: sim.agent.uplink.connected, 10)
         assert link.freeze() == 1  # the agent's connection, silently dead
@@ -50,7 +54,7 @@ async def test_a_request_into_a_frozen_link_is_delivered_on_a_new_connection(
         assert sim.agent.uplink.connects > connects  # a new connection carried it
         call = sim.agent.calls[0]
     assert_once(sim.backend, call.incident_id)
-    assert arrived < 12  # the deadline and an immediate reconnect, not the keep-alive
+    assert arrived < 10  # the deadline and an immediate reconnect, not the keep-alive
 
 
 async def test_a_press_while_disconnected_connects_at_once(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sqlite3
 import stat
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -127,50 +130,54 @@ def test_retention_purges_old_messages(tmp_path: Path) -> None:
         assert box.open_incident() is None
 
 
-class FullDisk:
-    """A connection whose writes fail as on a full disk (fault injection)."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-        self.full = True
-
-    def execute(self, sql: str, *args: Any) -> Any:
-        if self.full and sql.lstrip().upper().startswith(("INSERT", "DELETE", "UPDATE")):
-            raise sqlite3.OperationalError("database or disk is full")
-        return self.db.execute(sql, *args)
-
-    def close(self) -> None:
-        self.db.close()
-
-
-def test_full_disk_keeps_the_call_in_memory_then_writes_it(tmp_path: Path) -> None:
-    box = Outbox(tmp_path).open()
+@contextlib.contextmanager
+def small_tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A real, tiny filesystem (as root; elsewhere these tests cannot mount)."""
+    mnt.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=False
+        ).returncode
+    ):
+        pytest.skip("needs root and mount(8) for a real full filesystem")
     try:
-        disk = FullDisk(box.db)
-        box._db = disk  # type: ignore[assignment]
-        entry = box.add("request", ID1, 1, T, b"call")
-        assert entry.id < 0
-        assert not box.healthy
-        assert [e.payload for e in box.pending()] == [b"call"]  # still sent
-        assert box.count() == 1
-        disk.full = False
-        box.add("update", ID1, 1, T, b"later")  # the next write flushes memory first
-        assert [(e.kind, e.id > 0) for e in box.pending()] == [
-            ("request", True),
-            ("update", True),
-        ]
-        assert box.healthy
+        yield mnt
     finally:
-        box.close()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_memory_entry_acknowledged_before_the_disk_recovers(tmp_path: Path) -> None:
-    with Outbox(tmp_path) as box:
-        disk = FullDisk(box.db)
-        box._db = disk  # type: ignore[assignment]
-        entry = box.add("request", ID1, 1, T, b"call")
-        box.remove(entry)
-        assert box.count() == 0
+def fill(mnt: Path) -> None:
+    with contextlib.suppress(OSError), (mnt / "filler").open("wb") as f:
+        while True:
+            f.write(b"\0" * 4096)
+            f.flush()
+
+
+def test_a_filesystem_that_fills_up_while_running_keeps_every_call(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "mnt", "512k") as mnt:
+        box = Outbox(mnt).open()
+        try:
+            stored = box.add("request", ID1, 1, T, b"on disk")
+            fill(mnt)
+            big = box.add("request", ID2, 1, T, b"x" * 20_000)  # the WAL cannot grow
+            assert big.id < 0 and box.storage == "memory"
+            assert box.counters["write_errors"] >= 1
+            assert [e.payload for e in box.pending()] == [b"on disk", big.payload]  # all sent
+            box.remove(stored)  # delivered while the disk refused
+            (mnt / "filler").unlink()  # space again
+            box._last_try = float("-inf")  # do not wait RETRY_S for the next try
+            box.add("update", ID2, 1, T, b"later")
+            assert box.storage == "disk"
+            assert [(e.payload, e.id > 0) for e in box.pending()] == [
+                (big.payload, True),
+                (b"later", True),
+            ]
+            assert not list(mnt.glob("*.corrupt-*"))
+        finally:
+            box.close()
+        with Outbox(mnt) as again:  # what was delivered meanwhile is not sent again
+            assert [e.payload for e in again.pending()] == [big.payload, b"later"]
 
 
 def test_unusable_state_directory_runs_from_memory_then_moves_to_disk(tmp_path: Path) -> None:
@@ -306,3 +313,83 @@ def test_a_state_directory_removed_under_the_agent_is_rebuilt_with_every_message
             b"written into the unlinked file",
         ]
         assert again.open_incident() is not None
+
+
+def test_a_file_from_the_first_release_gets_the_new_incident_columns(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / FILENAME)
+    old.executescript(
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,"
+        " incident_id TEXT NOT NULL, sequence INTEGER NOT NULL, topic TEXT NOT NULL,"
+        " payload BLOB NOT NULL, created_at REAL NOT NULL, UNIQUE (kind, incident_id, sequence));"
+        "CREATE TABLE incidents (incident_id TEXT PRIMARY KEY, sequence INTEGER NOT NULL,"
+        " opened_at REAL NOT NULL, acked INTEGER NOT NULL DEFAULT 0, closed_at REAL);"
+    )
+    opened = time.time() - 60
+    old.execute("INSERT INTO incidents VALUES (?, 2, ?, 0, NULL)", (ID1, opened))
+    old.commit()
+    old.close()
+    with Outbox(tmp_path) as box:
+        stored = box.open_incident()
+        assert stored is not None
+        assert (stored.sequence, stored.update_sequence, stored.request) == (2, 0, None)
+        box.save_incident(ID1, 2, stored.opened_at, False, update_sequence=4, request=b"{}")
+    with Outbox(tmp_path) as box:
+        stored = box.open_incident()
+        assert stored is not None and (stored.update_sequence, stored.request) == (4, b"{}")
+        assert stored.opened_at == opened
+        assert box.counters.get("replaced_corrupt", 0) == 0
+
+
+def test_only_one_quarantined_file_is_kept_and_it_goes_with_the_retention(
+    tmp_path: Path,
+) -> None:
+    """A quarantined file holds names, phones and positions: never a collection of them."""
+    for _ in range(3):
+        (tmp_path / FILENAME).write_bytes(b"this is not a database" * 100)
+        with Outbox(tmp_path, Limits(retention_s=86400)) as box:
+            assert box.counters["replaced_corrupt"] == 1
+    assert sorted(p.name for p in tmp_path.glob("*.corrupt-*")) == [f"{FILENAME}.corrupt-3"]
+    aside = tmp_path / f"{FILENAME}.corrupt-3"
+    with Outbox(tmp_path, Limits(retention_s=86400)) as box:
+        old = time.time() - 86400 - 1
+        os.utime(aside, (old, old))
+        box.purge_expired()
+    assert not list(tmp_path.glob("*.corrupt-*"))
+
+
+PROBE = """
+import sys
+from agent.outbox import Outbox
+box = Outbox(sys.argv[1]).open()
+box.add("request", "id", 1, "t", b"the call")
+print(box.storage, box.counters.get("open_errors", 0), [e.payload for e in box.pending()])
+"""
+
+
+def test_a_state_directory_of_mode_000_runs_from_memory_for_the_service_user(
+    tmp_path: Path,
+) -> None:
+    """The service runs unprivileged; root would read a mode-000 directory, so the probe runs
+    as uid 65534 (setpriv) when the tests run as root."""
+    base = Path(tempfile.mkdtemp(prefix="outbox-000-", dir="/tmp"))
+    try:
+        state = base / "state"
+        state.mkdir(mode=0o000)
+        state.chmod(0o000)
+        runner = []
+        if os.geteuid() == 0:
+            base.chmod(0o755)
+            runner = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        result = subprocess.run(
+            [*runner, sys.executable, "-c", PROBE, str(state)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split(maxsplit=2) == ["memory", "1", "[b'the call']\n"]
+    finally:
+        (base / "state").chmod(0o700)
+        shutil.rmtree(base)

@@ -26,22 +26,21 @@ events
 The status is ``not_covered`` when any rule fails, else ``unknown`` when any is unknown, else
 ``covered``. ``reasons`` has one line for every rule that did not pass, failures first, and is
 empty when covered.
+
+The profile itself is parsed from values by :mod:`agent.core.coverage_profile`; the file is
+read by ``agent.config.profile``. Nothing here reads a file or logs: a bug in a rule is
+returned as ``CoverageResult.error`` for the caller to log.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import re
-import tomllib
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+from agent.core.coverage_profile import CATEGORIES, CountryLimit, CoverageProfile, LimitCity
 from agent.core.geo import Place
-from agent.errors import ConfigError
 
 __all__ = [
     "CATEGORIES",
@@ -50,242 +49,12 @@ __all__ = [
     "CoverageResult",
     "LimitCity",
     "evaluate",
-    "load_profile",
 ]
 
-log = logging.getLogger("agent.core.coverage")
-
-CATEGORIES = frozenset(
-    {
-        "breakdown",
-        "puncture",
-        "flat_battery",
-        "key_problem",
-        "accident",
-        "theft",
-        "vandalism",
-        "fire",
-        "other",
-    }
-)
 _EARTH_RADIUS_KM = 6371.0088
 _CLOCK_SKEW = timedelta(minutes=5)
-_CODE = re.compile(r"[A-Z]{2}")
-_AREA = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
 Status = Literal["covered", "not_covered", "unknown"]
-
-
-# -- profile ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LimitCity:
-    """A city of a limited country: its centre and the radius of its outer ring, in km."""
-
-    name: str
-    lat: float
-    lon: float
-    ring_km: float
-
-
-@dataclass(frozen=True, slots=True)
-class CountryLimit:
-    """A country covered only within ``within_km`` of the rings of its listed cities."""
-
-    country: str
-    within_km: float
-    cities: tuple[LimitCity, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class CoverageProfile:
-    """One programme's coverage terms, as loaded from its TOML file."""
-
-    name: str
-    countries: frozenset[str]
-    excluded_areas: frozenset[str]
-    limits: tuple[CountryLimit, ...]
-    years: int
-    years_by_registration_country: tuple[tuple[str, int], ...]
-    report_within_hours: float
-    covered_events: frozenset[str]
-    excluded_events: frozenset[str]
-
-    def limit_for(self, country: str) -> CountryLimit | None:
-        for limit in self.limits:
-            if limit.country == country:
-                return limit
-        return None
-
-    def years_for(self, registration_country: str) -> int:
-        return dict(self.years_by_registration_country).get(registration_country, self.years)
-
-
-class _Reader:
-    """Checks one TOML table, naming the file and the dotted key in every error."""
-
-    def __init__(self, path: Path, table: Mapping[str, Any], prefix: str) -> None:
-        self.path = path
-        self.table = table
-        self.prefix = prefix
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}{name}"
-
-    def fail(self, key: str, expected: str, got: object) -> ConfigError:
-        return ConfigError(f"{self.path}: key '{key}': expected {expected}, got {got!r}")
-
-    def only(self, *allowed: str) -> None:
-        for name in self.table:
-            if name not in allowed:
-                raise ConfigError(
-                    f"{self.path}: unknown key '{self.key(name)}'; "
-                    f"expected one of: {', '.join(allowed)}"
-                )
-
-    def require(self, name: str) -> Any:
-        if name not in self.table:
-            raise ConfigError(f"{self.path}: missing key '{self.key(name)}'")
-        return self.table[name]
-
-    def sub(self, name: str, *, required: bool = True) -> _Reader:
-        value = self.require(name) if required else self.table.get(name, {})
-        if not isinstance(value, dict):
-            raise self.fail(self.key(name), "a table", value)
-        return _Reader(self.path, value, f"{self.key(name)}.")
-
-    def string(self, name: str) -> str:
-        value = self.require(name)
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(self.key(name), "a non-empty string", value)
-        return value
-
-    def number(self, name: str, *, minimum: float, maximum: float = math.inf) -> float:
-        value = self.require(name)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or not minimum <= value <= maximum
-        ):
-            raise self.fail(self.key(name), f"a number from {minimum} to {maximum}", value)
-        return float(value)
-
-    def integer(self, value: object, key: str, *, minimum: int, maximum: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-            raise self.fail(key, f"a whole number from {minimum} to {maximum}", value)
-        return value
-
-    def strings(
-        self, name: str, check: Callable[[str], bool], expected: str, *, required: bool = True
-    ) -> frozenset[str]:
-        value = self.require(name) if required else self.table.get(name, [])
-        if not isinstance(value, list):
-            raise self.fail(self.key(name), f"a list of {expected}", value)
-        for i, item in enumerate(value):
-            if not isinstance(item, str) or not check(item):
-                raise self.fail(f"{self.key(name)}[{i}]", expected, item)
-        return frozenset(value)
-
-
-def _is_code(s: str) -> bool:
-    return _CODE.fullmatch(s) is not None
-
-
-def load_profile(path: Path) -> CoverageProfile:
-    """Read a coverage profile; any problem raises ``ConfigError`` naming file, key, expectation."""
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the coverage profile: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-
-    top = _Reader(path, data, "")
-    top.only("name", "area", "period", "reporting", "events")
-    code = 'an ISO 3166-1 alpha-2 code like "CH"'
-
-    area = top.sub("area")
-    area.only("countries", "excluded_areas", "limited")
-    countries = area.strings("countries", _is_code, code)
-    excluded_areas = area.strings(
-        "excluded_areas",
-        lambda s: _AREA.fullmatch(s) is not None,
-        'an area name like "north-cyprus"',
-        required=False,
-    )
-    limits: list[CountryLimit] = []
-    limited = area.sub("limited", required=False)
-    for country in sorted(limited.table):
-        if not _is_code(country):
-            raise ConfigError(f"{path}: key '{limited.key(country)}': expected {code} as name")
-        if country not in countries:
-            raise ConfigError(
-                f"{path}: key '{limited.key(country)}': expected a country listed in "
-                f"'area.countries', got {country!r}"
-            )
-        lim = limited.sub(country)
-        lim.only("within_km", "cities")
-        within = lim.number("within_km", minimum=0.0, maximum=20_000.0)
-        raw_cities = lim.require("cities")
-        if not isinstance(raw_cities, list) or not raw_cities:
-            raise lim.fail(lim.key("cities"), "a non-empty list of tables", raw_cities)
-        cities: list[LimitCity] = []
-        for i, raw in enumerate(raw_cities):
-            if not isinstance(raw, dict):
-                raise lim.fail(f"{lim.key('cities')}[{i}]", "a table", raw)
-            city = _Reader(path, raw, f"{lim.key('cities')}[{i}].")
-            city.only("name", "lat", "lon", "ring_km")
-            cities.append(
-                LimitCity(
-                    name=city.string("name"),
-                    lat=city.number("lat", minimum=-90.0, maximum=90.0),
-                    lon=city.number("lon", minimum=-180.0, maximum=180.0),
-                    ring_km=city.number("ring_km", minimum=0.0, maximum=500.0),
-                )
-            )
-        limits.append(CountryLimit(country=country, within_km=within, cities=tuple(cities)))
-
-    period = top.sub("period")
-    period.only("years", "years_by_registration_country")
-    years = period.integer(period.require("years"), period.key("years"), minimum=0, maximum=100)
-    by_country = period.sub("years_by_registration_country", required=False)
-    per_country: list[tuple[str, int]] = []
-    for country, value in sorted(by_country.table.items()):
-        if not _is_code(country):
-            raise ConfigError(f"{path}: key '{by_country.key(country)}': expected {code} as name")
-        per_country.append(
-            (country, period.integer(value, by_country.key(country), minimum=0, maximum=100))
-        )
-
-    reporting = top.sub("reporting")
-    reporting.only("within_hours")
-    within_hours = reporting.number("within_hours", minimum=0.0, maximum=24.0 * 366)
-
-    events = top.sub("events")
-    events.only("covered", "excluded")
-    known = f"one of {', '.join(sorted(CATEGORIES))}"
-    covered = events.strings("covered", CATEGORIES.__contains__, known)
-    excluded = events.strings("excluded", CATEGORIES.__contains__, known, required=False)
-    if covered & excluded:
-        raise ConfigError(
-            f"{path}: key 'events.excluded': expected events not also covered, "
-            f"got {sorted(covered & excluded)!r}"
-        )
-
-    return CoverageProfile(
-        name=top.string("name"),
-        countries=countries,
-        excluded_areas=excluded_areas,
-        limits=tuple(limits),
-        years=years,
-        years_by_registration_country=tuple(per_country),
-        report_within_hours=within_hours,
-        covered_events=covered,
-        excluded_events=excluded,
-    )
 
 
 # -- result -----------------------------------------------------------------------------------
@@ -300,6 +69,7 @@ class CoverageResult:
     valid_until: date | None
     country_covered: bool | None
     reported_within_24h: bool | None
+    error: str | None = None  # a bug in a rule ("coverage check failed"), for the caller to log
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -508,9 +278,9 @@ def evaluate(
             )
         reporting = _reporting_rule(profile, immobilised_at, now)
         event = _event_rule(profile, category)
-    except Exception:  # a bug here must not cost the driver the call
-        log.exception("coverage check failed")
-        return CoverageResult("unknown", ("coverage check failed",), None, None, None)
+    except Exception as exc:  # a bug here must not cost the driver the call
+        failure = f"{type(exc).__name__}: {exc}"
+        return CoverageResult("unknown", ("coverage check failed",), None, None, None, failure)
     verdicts = (area, period, reporting, event)
     status: Status
     if any(v.ok is False for v in verdicts):

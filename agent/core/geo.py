@@ -3,8 +3,10 @@
 Pure core: values in, values out. The data file is made by ``agent/data/build_geo_data.py``
 from OpenStreetMap country boundaries (territorial waters included, via timezone-boundary-builder
 and ``timezonefinder-data``) and GeoNames populated places; its docstring says how it is laid
-out. The file is memory-mapped on the first lookup, so importing this module costs nothing and
-an idle process only keeps the pages its lookups have touched.
+out. A ``Geocoder`` is a plain object over one file, made by whoever needs it (the daemon makes
+one over ``DATA_FILE``, the packaged data) and closed by them. It maps the file on its first
+lookup, so making one costs nothing and an idle process only keeps the pages its lookups have
+touched.
 
 Country lookup
     The border edges live in a quadtree whose leaves hold at most a couple of dozen edges and
@@ -40,13 +42,14 @@ import math
 import mmap
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from agent.errors import AgentError
 
-__all__ = ["DATA_FILE", "GeoDataError", "Geocoder", "Place", "default_geocoder"]
+__all__ = ["DATA_FILE", "BorderRun", "GeoDataError", "Geocoder", "Place"]
 
 DATA_FILE: Final = Path(__file__).resolve().parent.parent / "data" / "geo.bin"
 _MAGIC: Final = b"CAGEO\x00\x00\x01"
@@ -82,6 +85,18 @@ class Place:
 _NOWHERE: Final = Place(country=None, locality=None)
 
 
+@dataclass(frozen=True, slots=True)
+class BorderRun:
+    """Consecutive border vertices as stored in one quadtree leaf.
+
+    ``points`` are integer data units (``Geocoder.units_per_degree`` to a degree), x east and
+    y north. ``coast``: the run divides a country from the sea rather than from another one.
+    """
+
+    coast: bool
+    points: tuple[tuple[int, int], ...]
+
+
 def _distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     p1, p2 = math.radians(lat1), math.radians(lat2)
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
@@ -90,9 +105,13 @@ def _distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 class Geocoder:
-    """Offline country and locality lookup over one data file; thread-safe, lazy."""
+    """Offline country and locality lookup over one data file; thread-safe, lazy.
 
-    def __init__(self, path: Path | None = None) -> None:
+    A context manager: ``close()`` (or leaving the ``with``) unmaps the file and is safe to
+    call twice; a lookup after it maps the file again. Not to be closed while a lookup runs.
+    """
+
+    def __init__(self, path: Path) -> None:
         self._path = path
         self._lock = threading.Lock()
         self._loaded = False
@@ -110,7 +129,18 @@ class Geocoder:
         self._cells: memoryview = memoryview(b"")
         self._places: memoryview = memoryview(b"")
         self._names: memoryview = memoryview(b"")
+        self._views: list[memoryview] = []  # every view into the map, released by close()
         self.header: dict[str, Any] = {}
+
+    def __enter__(self) -> Geocoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        return self._path
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -123,10 +153,22 @@ class Geocoder:
                 self._load()
                 self._loaded = True
 
-    def _load(self) -> None:
-        self._map(self._path if self._path is not None else DATA_FILE)
+    def close(self) -> None:
+        """Unmap the data file; safe to call twice."""
+        with self._lock:
+            self._loaded = False
+            empty = memoryview(b"")
+            self._nodes = self._leaves = self._chains = empty
+            self._cells = self._places = self._names = empty
+            for view in reversed(self._views):
+                view.release()
+            self._views.clear()
+            if self._mm is not None:
+                self._mm.close()
+                self._mm = None
 
-    def _map(self, path: Path) -> None:
+    def _load(self) -> None:
+        path = self._path
         try:
             with path.open("rb") as f:
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -137,23 +179,27 @@ class Geocoder:
         if mm[: len(_MAGIC)] != _MAGIC:
             mm.close()
             raise GeoDataError(f"{path}: not a geo data file of format 1")
+        views: list[memoryview] = []
         try:
             (hlen,) = struct.unpack_from("<I", mm, len(_MAGIC))
             start = len(_MAGIC) + 4
             header = json.loads(bytes(mm[start : start + hlen]).decode("utf-8"))
             base = start + hlen + (-(start + hlen)) % 4
-            view = memoryview(mm)
+            views.append(memoryview(mm))
 
-            def section(name: str) -> memoryview:
+            def section(name: str, *, ints: bool = True) -> memoryview:
                 off, size = header["sections"][name]
-                return view[base + off : base + off + size]
+                views.append(views[0][base + off : base + off + size])
+                if ints:
+                    views.append(views[-1].cast("i"))
+                return views[-1]
 
-            self._nodes = section("nodes").cast("i")
-            self._leaves = section("leaves").cast("i")
-            self._chains = section("chains").cast("i")
-            self._cells = section("place_cells").cast("i")
-            self._places = section("places").cast("i")
-            self._names = section("names")
+            nodes = section("nodes")
+            leaves = section("leaves")
+            chains = section("chains")
+            cells = section("place_cells")
+            places = section("places")
+            names = section("names", ints=False)
             self._units = int(header["units_per_degree"])
             x0, y0, x1, y1 = (int(v) for v in header["bbox"])
             self._bbox = (x0, y0, x1, y1)
@@ -162,10 +208,67 @@ class Geocoder:
             self._codes = list(header["place_countries"])
             grid = header["place_grid"]
             self._grid = (int(grid["step"]), int(grid["cols"]), int(grid["rows"]))
-            self.header = header
         except (KeyError, ValueError, TypeError, struct.error) as exc:
+            for view in reversed(views):
+                view.release()
+            mm.close()
             raise GeoDataError(f"{path}: corrupt geo data: {exc!r}") from exc
+        self.header = header
+        self._nodes, self._leaves, self._chains = nodes, leaves, chains
+        self._cells, self._places, self._names = cells, places, names
+        self._views = views
         self._mm = mm
+
+    # -- outlines -----------------------------------------------------------------------------
+
+    @property
+    def units_per_degree(self) -> int:
+        """The data's integer grid: this many units to a degree; maps the file."""
+        self.load()
+        return self._units
+
+    def border_runs(self, bbox: tuple[float, float, float, float]) -> Iterator[BorderRun]:
+        """The border and coast runs of the leaves that meet ``bbox`` (west, south, east, north).
+
+        A run that crosses several leaves comes once for each. Maps the file; raises
+        ``GeoDataError`` when it cannot.
+        """
+        self.load()
+        units = self._units
+        west, south, east, north = bbox
+        qx0, qy0 = math.floor(west * units), math.floor(south * units)
+        qx1, qy1 = math.ceil(east * units), math.ceil(north * units)
+        nodes, leaves, chains = self._nodes, self._leaves, self._chains
+        stack = [(0, *self._bbox)]
+        while stack:
+            index, x0, y0, x1, y1 = stack.pop()
+            if x1 < qx0 or x0 > qx1 or y1 < qy0 or y0 > qy1:
+                continue
+            v = nodes[index]
+            if v >= 0:
+                mx, my = (x0 + x1) // 2, (y0 + y1) // 2
+                stack += [
+                    (v, x0, y0, mx, my),
+                    (v + 1, mx, y0, x1, my),
+                    (v + 2, x0, my, mx, y1),
+                    (v + 3, mx, my, x1, y1),
+                ]
+                continue
+            off = leaves[2 * ~v + 1]
+            if off < 0:
+                continue
+            i = off + 1
+            for _ in range(chains[off]):
+                coast = chains[i + 1] == 0
+                end = i + 4 + chains[i + 2]
+                ax, ay = chains[i + 3], chains[i + 4]
+                points = [(ax, ay)]
+                for step in chains[i + 5 : end]:
+                    ax += step >> 16
+                    ay += ((step & 0xFFFF) ^ 0x8000) - 0x8000
+                    points.append((ax, ay))
+                i = end
+                yield BorderRun(coast, tuple(points))
 
     # -- lookup -------------------------------------------------------------------------------
 
@@ -330,17 +433,3 @@ class Geocoder:
                 break  # no place reaches further than 20 km
             ring += 1
         return best
-
-
-_default: Geocoder | None = None
-_default_lock = threading.Lock()
-
-
-def default_geocoder() -> Geocoder:
-    """The process-wide geocoder over the packaged data; maps the file on its first lookup."""
-    global _default  # noqa: PLW0603 - one lazily made instance per process
-    if _default is None:
-        with _default_lock:
-            if _default is None:
-                _default = Geocoder()
-    return _default

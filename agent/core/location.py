@@ -51,7 +51,7 @@ class Fix:
     """One 2D or 3D position fix as gpsd reported it. ``None`` means "not reported", never 0.
 
     ``horizontal_accuracy_m`` is a 95 % horizontal error radius. The gpsd adapter derives it
-    from gpsd's ``eph`` and ``epx``/``epy`` (see ``agent.inputs.gpsd.horizontal_accuracy``).
+    from gpsd's ``eph`` and ``epx``/``epy`` (see ``agent.core.gpsd_reports.horizontal_accuracy``).
     """
 
     time: datetime | None  # the fix's own UTC time from gpsd, None if gpsd did not report it

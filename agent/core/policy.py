@@ -43,6 +43,22 @@ class CallPolicy:
         self._last_sent_at = 0.0
         self._update_seq: dict[str, int] = {}
 
+    def restore(
+        self, incident_id: str, update_sequence: int, request: dict[str, Any] | None, now: float
+    ) -> None:
+        """After a restart: go on counting updates, and repeat ``request`` (the last request as
+        sent, None once acknowledged) after ``ack_timeout_s`` from now, as before the stop."""
+        self._update_seq = {incident_id: update_sequence}
+        if request is not None:
+            self.last_request = request
+            self._last_sent = (request["location"], request["vehicle_state"])
+            self._last_sent_at = now
+            self.delivered_at = now
+
+    def update_sequence(self, incident_id: str) -> int:
+        """The last update's sequence number for ``incident_id`` (0: none yet)."""
+        return self._update_seq.get(incident_id, 0)
+
     def request_sent(self, payload: dict[str, Any], now: float) -> Outgoing:
         """A request built for the controller's ``SendRequest``: remember it, send it."""
         self.last_request = payload

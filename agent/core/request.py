@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -176,6 +177,11 @@ def update_due(
     return distance_m(lat1, lon1, lat2, lon2) > UPDATE_MOVE_M
 
 
+def encode(payload: dict[str, Any]) -> bytes:
+    """A payload as it goes on the wire and into the outbox: compact UTF-8 JSON."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 CAN_STATES = ("ok", "error", "down")  # what the status schema allows besides "unknown"
 
 
@@ -190,6 +196,7 @@ def build_status(
     open_incident: str | None,
     outbox_pending: int,
     oldest_pending_s: float | None,
+    storage: str,
     counters: dict[str, int],
 ) -> dict[str, Any]:
     """The retained status document (SPEC §6): health and counters, never a position."""
@@ -203,5 +210,6 @@ def build_status(
         "open_incident": open_incident,
         "outbox_pending": outbox_pending,
         "oldest_pending_s": None if oldest_pending_s is None else round(oldest_pending_s, 1),
+        "storage": storage,
         "counters": {name: n for name, n in sorted(counters.items()) if n},
     }

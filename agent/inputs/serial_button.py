@@ -39,6 +39,7 @@ from agent.core.lines import (
     ModuleLineDecoder,
     encode_led,
 )
+from agent.waiters import Waiters
 
 __all__ = ["COUNTER_NAMES", "SerialButtonInput"]
 
@@ -92,7 +93,7 @@ class SerialButtonInput:
         self._serial: Any = None  # serial.Serial while open (pyserial is untyped)
         self._failed: asyncio.Future[BaseException] | None = None
         self._logged: set[str] = set()
-        self._changed = asyncio.Event()
+        self._waiters = Waiters()
         self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self.state = "unknown"
         self.led_mode: LedMode | None = None  # last mode asked for; re-sent on reopen
@@ -104,12 +105,7 @@ class SerialButtonInput:
 
         Bound it with ``asyncio.timeout``.
         """
-        while not predicate(self):
-            await self._changed.wait()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        await self._waiters.wait(lambda: predicate(self))
 
     # -- LED --------------------------------------------------------------------------------
 
@@ -207,7 +203,7 @@ class SerialButtonInput:
         if state != self.state:
             self.state = state
             self._on_state(state)
-        self._notify()
+        self._waiters.notify()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -225,7 +221,7 @@ class SerialButtonInput:
         now = self._clock()
         for item in self._splitter.feed(chunk):
             self._on_line(item, now)
-        self._notify()
+        self._waiters.notify()
 
     def _on_line(self, line: bytes | LineRejected, now: float) -> None:
         result = self._decoder.decode(line)

@@ -60,6 +60,7 @@ class Outbox:
         self._last_try = float("-inf")
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._incident: StoredIncident | None = None  # the open incident, whatever the disk does
+        self._on_disk: set[tuple[str, str, int]] = set()  # keys the file held when it failed
 
     def _count(self, name: str, n: int = 1) -> None:
         if n:
@@ -183,6 +184,26 @@ class Outbox:
             with contextlib.suppress(OSError):
                 self._move_aside(exc)
             self._rehome(rescued)
+        elif self._db is not None:
+            self._degrade()
+
+    def _degrade(self) -> None:
+        """The disk refuses (full, read-only, I/O error): carry on from memory, all of it.
+
+        Every row the file holds moves into memory, so nothing on disk waits unseen for the
+        disk to come back; the disk is retried every RETRY_S. Which keys the file holds is
+        remembered, so that what was delivered meanwhile is deleted from it on the way back.
+        """
+        assert self._db is not None
+        try:
+            query = f"SELECT {sqlite_file.COLUMNS} FROM messages ORDER BY id"
+            rows = [Entry(*row) for row in self._db.execute(query).fetchall()]
+        except sqlite3.Error:
+            rows, _ = sqlite_file.salvage(self.path)
+        self._drop_connection()  # never close(): its scrub would fail and land here again
+        self._last_try = self._monotonic()
+        self._memory.hold_first(rows)
+        self._on_disk = {(e.kind, e.incident_id, e.sequence) for e in rows}
 
     def _rehome(self, rows: list[Entry]) -> None:
         """Start a new file with ``rows`` (oldest first) and what memory holds, in that order.
@@ -206,6 +227,16 @@ class Outbox:
 
     def _flush_memory(self) -> None:
         """Try to put entries held in memory on disk, in order."""
+        held = {(e.kind, e.incident_id, e.sequence) for e in self._memory}
+        for gone in self._on_disk - held:  # delivered while the disk refused: not again
+            try:
+                self.db.execute(
+                    "DELETE FROM messages WHERE kind=? AND incident_id=? AND sequence=?", gone
+                )
+            except sqlite3.Error:
+                return
+            self._dirty = True
+        self._on_disk = set()
         for entry in list(self._memory):
             try:
                 self._insert(entry)
@@ -402,6 +433,11 @@ class Outbox:
         cutoff = self._clock() - self.limits.retention_s
         if self._incident is not None and self._incident.opened_at < cutoff:
             self._incident = None
+        for old in sqlite_file.quarantined(self.path):  # personal data too: same retention
+            with contextlib.suppress(OSError):
+                if old.stat().st_mtime < cutoff:
+                    sqlite_file.remove_quarantined(old)
+                    log.info("outbox: quarantined %s purged after the retention period", old.name)
         if self._db is None or self._memory:
             self.retry_disk()  # called periodically by the agent: the disk's retry tick too
         if self._db is None:
@@ -423,8 +459,20 @@ class Outbox:
 
     # -- incidents --------------------------------------------------------------------------
 
-    def save_incident(self, incident_id: str, sequence: int, opened_at: float, acked: bool) -> None:
-        self._incident = StoredIncident(incident_id, sequence, opened_at, acked)
+    def save_incident(
+        self,
+        incident_id: str,
+        sequence: int,
+        opened_at: float,
+        acked: bool,
+        *,
+        update_sequence: int = 0,
+        request: bytes | None = None,
+    ) -> None:
+        """Keep what a restart needs of the open incident (see StoredIncident)."""
+        self._incident = StoredIncident(
+            incident_id, sequence, opened_at, acked, update_sequence, request
+        )
         self._write_incident(self._incident)
 
     def close_incident(self, incident_id: str) -> None:
@@ -447,10 +495,18 @@ class Outbox:
             return
         try:
             self._db.execute(
-                "INSERT INTO incidents (incident_id, sequence, opened_at, acked) VALUES (?,?,?,?) "
+                f"INSERT INTO incidents ({sqlite_file.INCIDENT_COLUMNS}) VALUES (?,?,?,?,?,?) "
                 "ON CONFLICT(incident_id) DO UPDATE SET sequence=excluded.sequence, "
-                "acked=excluded.acked",
-                (incident.incident_id, incident.sequence, incident.opened_at, int(incident.acked)),
+                "acked=excluded.acked, update_sequence=excluded.update_sequence, "
+                "request=excluded.request",
+                (
+                    incident.incident_id,
+                    incident.sequence,
+                    incident.opened_at,
+                    int(incident.acked),
+                    incident.update_sequence,
+                    incident.request,
+                ),
             )
         except sqlite3.Error as exc:
             self._failed("saving the incident", exc)
@@ -458,10 +514,10 @@ class Outbox:
     def _read_incident(self) -> StoredIncident | None:
         try:
             row = self.db.execute(
-                "SELECT incident_id, sequence, opened_at, acked FROM incidents "
+                f"SELECT {sqlite_file.INCIDENT_COLUMNS} FROM incidents "
                 "WHERE closed_at IS NULL ORDER BY opened_at DESC LIMIT 1"
             ).fetchone()
         except sqlite3.Error as exc:
             self._failed("reading incidents", exc)
             return None
-        return None if row is None else StoredIncident(row[0], row[1], row[2], bool(row[3]))
+        return None if row is None else sqlite_file.incident(row)

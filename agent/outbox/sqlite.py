@@ -8,6 +8,7 @@ import logging
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from agent.outbox.entries import Entry, StoredIncident
 
@@ -30,9 +31,17 @@ CREATE TABLE IF NOT EXISTS incidents (
     sequence INTEGER NOT NULL,
     opened_at REAL NOT NULL,
     acked INTEGER NOT NULL DEFAULT 0,
-    closed_at REAL
+    closed_at REAL,
+    update_sequence INTEGER NOT NULL DEFAULT 0,
+    request BLOB
 );
 """
+# columns added since the first release: a file written by it gets them on open
+_ADDED = (
+    ("incidents", "update_sequence", "INTEGER NOT NULL DEFAULT 0"),
+    ("incidents", "request", "BLOB"),
+)
+INCIDENT_COLUMNS = "incident_id, sequence, opened_at, acked, update_sequence, request"
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -49,6 +58,10 @@ def connect(path: Path) -> sqlite3.Connection:
         if result is None or result[0] != "ok":
             raise sqlite3.DatabaseError(f"integrity check failed: {result}")
         db.executescript(_SCHEMA)
+        for table, column, kind in _ADDED:
+            present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     except sqlite3.Error:
         db.close()
         raise
@@ -72,14 +85,15 @@ def salvage(path: Path) -> tuple[list[Entry], list[StoredIncident]]:
             rows = db.execute(f"SELECT {COLUMNS} FROM messages ORDER BY id").fetchall()
             entries = [Entry(*row) for row in rows]
         with contextlib.suppress(sqlite3.Error, TypeError):
-            rows = db.execute(
-                "SELECT incident_id, sequence, opened_at, acked FROM incidents "
-                "WHERE closed_at IS NULL"
-            ).fetchall()
-            incidents = [StoredIncident(r[0], r[1], r[2], bool(r[3])) for r in rows]
+            query = f"SELECT {INCIDENT_COLUMNS} FROM incidents WHERE closed_at IS NULL"
+            incidents = [incident(row) for row in db.execute(query).fetchall()]
         return entries, incidents
     finally:
         db.close()
+
+
+def incident(row: tuple[Any, ...]) -> StoredIncident:
+    return StoredIncident(row[0], row[1], row[2], bool(row[3]), row[4], row[5])
 
 
 def quick_check(path: Path) -> str | None:
@@ -107,15 +121,39 @@ def identity(path: Path) -> tuple[int, int] | None:
 
 
 def move_aside(path: Path, reason: Exception) -> None:
-    """Rename the file (and its WAL and SHM) to the first free ``*.corrupt-N``."""
-    n = 1
-    while (aside := path.with_name(f"{path.name}.corrupt-{n}")).exists():
-        n += 1
+    """Rename the file (and its WAL and SHM) to the next ``*.corrupt-N``, keeping only that one.
+
+    A quarantined file holds what the damaged one held (names, phones, positions): one is kept
+    for a post-mortem, never a collection of them, and it goes with the retention period.
+    """
+    earlier = quarantined(path)
+    n = 1 + max((int(p.name.rsplit("-", 1)[1]) for p in earlier), default=0)
+    aside = path.with_name(f"{path.name}.corrupt-{n}")
     log.error("outbox %s is unusable (%s); moved aside to %s", path, reason, aside.name)
     for suffix in ("", "-wal", "-shm"):
         src = Path(str(path) + suffix)
         if src.exists():
             src.rename(Path(str(aside) + suffix))
+    for old in earlier:
+        remove_quarantined(old)
+
+
+def quarantined(path: Path) -> list[Path]:
+    """The ``*.corrupt-N`` main files beside ``path``."""
+    prefix = f"{path.name}.corrupt-"
+    with contextlib.suppress(OSError):
+        return [
+            p
+            for p in path.parent.iterdir()
+            if p.name.startswith(prefix) and p.name[len(prefix) :].isdigit()
+        ]
+    return []
+
+
+def remove_quarantined(main: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(str(main) + suffix).unlink()
 
 
 COLUMNS = "id, kind, incident_id, sequence, topic, payload, created_at"

@@ -1,21 +1,17 @@
 """Country borders and coasts around a position, as SVG path data for the operator's map.
 
-The geo core (``agent.core.geo``) answers "which country is this point in" from
-``agent/data/geo.bin`` but offers no call that returns outlines. This module reads the border
-runs of that same file, through the layout documented in ``agent/data/build_geo_data.py``
-(a quadtree whose leaves list the border runs that touch them), for the leaves that meet a
-box, snaps them to the map's pixel grid and returns path data. It only reads; if the file is
-missing or of another format it returns ``None`` and the page draws its coordinate grid alone.
+The geo core (``agent.core.geo``) reads ``agent/data/geo.bin``: it answers "which country is
+this point in" and lists the border runs near a box (``Geocoder.border_runs``). This module
+snaps those runs to the map's pixel grid and returns path data; it never parses the file
+itself. If the file is missing or of another format it returns ``None`` and the page draws its
+coordinate grid alone.
 
-Pure apart from mapping the file once. A box of a few degrees takes a few milliseconds.
+Pure apart from the geocoder's map. A box of a few degrees takes a few milliseconds.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import mmap
-import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +24,6 @@ __all__ = ["MAP_HEIGHT", "MAP_WIDTH", "OutlineSource", "Outlines", "region_box"]
 MAP_WIDTH: Final = 320
 MAP_HEIGHT: Final = 240
 LAT_SPAN_DEG: Final = 2.0  # the overview map: about 220 km north to south
-_MAGIC: Final = b"CAGEO\x00\x00\x01"
 _PIXEL_TOLERANCE: Final = 1.5  # drop vertices closer than this many pixels
 
 
@@ -73,7 +68,7 @@ def region_box(lat: float, lon: float) -> tuple[float, float, float, float]:
 
 
 class OutlineSource:
-    """Reads border runs from the geo data file; thread-safe; ``None`` when it cannot."""
+    """Border outlines from the geo data file; thread-safe; ``None`` when it cannot read it."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or DATA_FILE
@@ -81,54 +76,12 @@ class OutlineSource:
         self._lock = threading.Lock()
         self._loaded = False
         self._usable = False
-        self._mm: mmap.mmap | None = None
-        self._units = 1
-        self._bbox = (0, 0, 0, 0)
-        self._nodes: memoryview = memoryview(b"")
-        self._leaves: memoryview = memoryview(b"")
-        self._chains: memoryview = memoryview(b"")
         self._cache: dict[tuple[float, float, float, float], Outlines] = {}
-
-    def _load(self) -> None:
-        try:
-            with self.path.open("rb") as f:
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):
-            return
-        try:
-            if mm[: len(_MAGIC)] != _MAGIC:
-                mm.close()
-                return
-            (hlen,) = struct.unpack_from("<I", mm, len(_MAGIC))
-            start = len(_MAGIC) + 4
-            header = json.loads(bytes(mm[start : start + hlen]).decode("utf-8"))
-            base = start + hlen + (-(start + hlen)) % 4
-            view = memoryview(mm)
-
-            def section(name: str) -> memoryview:
-                off, size = header["sections"][name]
-                return view[base + off : base + off + size].cast("i")
-
-            self._nodes = section("nodes")
-            self._leaves = section("leaves")
-            self._chains = section("chains")
-            self._units = int(header["units_per_degree"])
-            x0, y0, x1, y1 = (int(v) for v in header["bbox"])
-            self._bbox = (x0, y0, x1, y1)
-        except (KeyError, ValueError, TypeError, struct.error):
-            self._nodes = self._leaves = self._chains = memoryview(b"")
-            mm.close()
-            return
-        self._mm = mm
-        self._usable = True
 
     def close(self) -> None:
         with self._lock:
-            self._nodes = self._leaves = self._chains = memoryview(b"")
             self._cache.clear()
-            if self._mm is not None:
-                self._mm.close()
-                self._mm = None
+            self._geocoder.close()
             self._usable = False
 
     def around(self, lat: float, lon: float) -> Outlines | None:
@@ -141,7 +94,11 @@ class OutlineSource:
         with self._lock:
             if not self._loaded:
                 self._loaded = True
-                self._load()
+                try:
+                    self._geocoder.load()
+                    self._usable = True
+                except GeoDataError:
+                    pass
             if not self._usable:
                 return None
             cached = self._cache.get(bbox)
@@ -153,7 +110,7 @@ class OutlineSource:
 
     def _outlines(self, bbox: tuple[float, float, float, float]) -> Outlines:
         west, south, east, north = bbox
-        units = self._units
+        units = self._geocoder.units_per_degree
         qx0, qy0 = math.floor(west * units), math.floor(south * units)
         qx1, qy1 = math.ceil(east * units), math.ceil(north * units)
         sx = MAP_WIDTH / (qx1 - qx0)
@@ -161,42 +118,16 @@ class OutlineSource:
         tol = max(1, int(_PIXEL_TOLERANCE / max(sx, sy)))  # data units per snapping cell
         borders: set[tuple[int, int, int, int]] = set()
         coasts: set[tuple[int, int, int, int]] = set()
-        nodes, leaves, chains = self._nodes, self._leaves, self._chains
-        stack = [(0, *self._bbox)]
-        while stack:
-            index, x0, y0, x1, y1 = stack.pop()
-            if x1 < qx0 or x0 > qx1 or y1 < qy0 or y0 > qy1:
-                continue
-            v = nodes[index]
-            if v >= 0:
-                mx, my = (x0 + x1) // 2, (y0 + y1) // 2
-                stack += [
-                    (v, x0, y0, mx, my),
-                    (v + 1, mx, y0, x1, my),
-                    (v + 2, x0, my, mx, y1),
-                    (v + 3, mx, my, x1, y1),
-                ]
-                continue
-            off = leaves[2 * ~v + 1]
-            if off < 0:
-                continue
-            i = off + 1
-            for _ in range(chains[off]):
-                target = coasts if chains[i + 1] == 0 else borders
-                end = i + 4 + chains[i + 2]
-                ax, ay = chains[i + 3], chains[i + 4]
-                i += 5
-                px, py = ax // tol, ay // tol
-                while i < end:
-                    step = chains[i]
-                    i += 1
-                    ax += step >> 16
-                    ay += ((step & 0xFFFF) ^ 0x8000) - 0x8000
-                    qx, qy = ax // tol, ay // tol
-                    if (qx, qy) != (px, py):
-                        seg = (px, py, qx, qy) if (px, py) < (qx, qy) else (qx, qy, px, py)
-                        target.add(seg)
-                        px, py = qx, qy
+        for run in self._geocoder.border_runs(bbox):
+            target = coasts if run.coast else borders
+            (ax, ay), *rest = run.points
+            px, py = ax // tol, ay // tol
+            for ax, ay in rest:
+                qx, qy = ax // tol, ay // tol
+                if (qx, qy) != (px, py):
+                    seg = (px, py, qx, qy) if (px, py) < (qx, qy) else (qx, qy, px, py)
+                    target.add(seg)
+                    px, py = qx, qy
 
         def to_px(gx: int, gy: int) -> str:
             x = ((gx + 0.5) * tol - qx0) * sx

@@ -46,7 +46,7 @@ from hw_sim.console.outlines import OutlineSource, region_box
 from hw_sim.contract import errors as schema_errors
 from hw_sim.gpsd import FakeGpsd
 from hw_sim.matrix import CATEGORIES, ButtonState
-from hw_sim.service import Service
+from hw_sim.service import Service, cancel_tasks
 
 __all__ = ["CONTROLS", "ConsoleServer", "Control"]
 
@@ -237,11 +237,7 @@ class ConsoleServer(Service):
             return
         self._closed = True
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(*tasks)
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
