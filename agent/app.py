@@ -286,6 +286,9 @@ class Agent:
         repeat = self.policy.repeat(now)
         if repeat is None:
             return
+        if isinstance(repeat, SendRequest):  # after a restart: gathered again, same key
+            opened = self.incidents.incident.opened_utc if self.incidents.incident else None
+            repeat = self.policy.request_sent(self.assembler.request(repeat, now, opened), now)
         self._count("request_repeats")
         log.warning(
             "no answer from the backend for %s/%d after %.0f s: publishing it again",

@@ -1,7 +1,8 @@
 """The open incident across restarts (issue 14): kept in the outbox after every change, taken
 up again at start-up, so that a restart (a watchdog kill, a power cut, an update) goes on
 where the call was: its sequences, the ack, the cancel window, and the repeats of a request
-the backend never answered.
+the backend never answered. Nothing personal and no position is kept for that (SPEC §6): a
+repeat after a restart is built again, with the same key, created_at and trigger.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from datetime import datetime
 
-from agent.core.incident import IncidentController, resumed
+from agent.core.clock import rfc3339_ms
+from agent.core.incident import IncidentController, SendRequest, resumed
 from agent.core.policy import CallPolicy
-from agent.core.request import encode
 from agent.outbox import Outbox
 
 log = logging.getLogger("agent")
@@ -30,14 +31,18 @@ class Continuity:
         incident = self.incidents.incident
         if incident is None:
             return
-        request = None if incident.acked else self.policy.last_request
+        key = self.policy.repeat_key()
+        repeat = None
+        if key is not None:
+            facts = {"created_at": rfc3339_ms(key.created_at), "held_ms": key.held_ms}
+            repeat = json.dumps({**facts, "source": key.source})
         self.outbox.save_incident(
             incident.incident_id,
             incident.sequence,
             incident.opened_utc.timestamp(),
             incident.acked,
             update_sequence=self.policy.update_sequence(incident.incident_id),
-            request=None if request is None else encode(request),
+            repeat=repeat,
         )
 
     def restore(self) -> None:
@@ -60,11 +65,17 @@ class Continuity:
             wall_now=time.time(),
         )
         self.incidents.restore(incident)
-        request: dict[str, Any] | None = None
-        if stored.request is not None:
+        repeat: SendRequest | None = None
+        if stored.repeat is not None:
             try:
-                request = json.loads(stored.request)
-            except ValueError:
-                log.error("the stored request of %s is unreadable: no repeats", stored.incident_id)
-        self.policy.restore(stored.incident_id, stored.update_sequence, request, now)
+                facts = json.loads(stored.repeat)
+                created_at = datetime.fromisoformat(facts["created_at"])
+                held_ms, source = int(facts["held_ms"]), str(facts["source"])
+            except (ValueError, KeyError, TypeError):
+                log.error("the stored repeat of %s is unreadable: no repeats", stored.incident_id)
+            else:
+                repeat = SendRequest(
+                    stored.incident_id, stored.sequence, created_at, held_ms, source
+                )
+        self.policy.restore(stored.incident_id, stored.update_sequence, repeat, now)
         log.info("restored open incident %s (sequence %d)", incident.incident_id, stored.sequence)

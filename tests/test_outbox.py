@@ -331,11 +331,11 @@ def test_a_file_from_the_first_release_gets_the_new_incident_columns(tmp_path: P
     with Outbox(tmp_path) as box:
         stored = box.open_incident()
         assert stored is not None
-        assert (stored.sequence, stored.update_sequence, stored.request) == (2, 0, None)
-        box.save_incident(ID1, 2, stored.opened_at, False, update_sequence=4, request=b"{}")
+        assert (stored.sequence, stored.update_sequence, stored.repeat) == (2, 0, None)
+        box.save_incident(ID1, 2, stored.opened_at, False, update_sequence=4, repeat="{}")
     with Outbox(tmp_path) as box:
         stored = box.open_incident()
-        assert stored is not None and (stored.update_sequence, stored.request) == (4, b"{}")
+        assert stored is not None and (stored.update_sequence, stored.repeat) == (4, "{}")
         assert stored.opened_at == opened
         assert box.counters.get("replaced_corrupt", 0) == 0
 

@@ -17,6 +17,8 @@ def opened(policy: CallPolicy, now: float = 100.0) -> SendRequest:
     payload = {
         "incident_id": action.incident_id,
         "sequence": action.sequence,
+        "created_at": "2026-12-02T21:30:00.000Z",
+        "trigger": {"source": "can", "held_ms": 2000, "driver_category": None},
         "location": dict(PLACE),
         "vehicle_state": {"speed_kmh": 0},
     }
@@ -96,3 +98,29 @@ def test_a_restored_incident_keeps_its_age_and_what_was_undelivered() -> None:
         "id-1", 1, opened_wall=wall + 60, acked=False, undelivered_wall={}, now=10, wall_now=wall
     )
     assert back.opened_at == 10
+
+
+def test_after_a_restart_the_repeat_is_rebuilt_from_its_key_alone() -> None:
+    """Nothing personal is kept on disk for a repeat (SPEC §6): the policy asks for the request
+    to be gathered again, with the same key, created_at and trigger."""
+    policy = new_policy()
+    action = opened(policy)
+    policy.incidents.on_delivered(action.incident_id, 1)
+    key = policy.repeat_key()
+    assert key is not None
+    assert (key.incident_id, key.sequence, key.held_ms, key.source) == (
+        action.incident_id,
+        1,
+        2000,
+        "can",
+    )
+    assert key.created_at == datetime(2026, 12, 2, 21, 30, tzinfo=UTC)
+    restarted = new_policy()
+    restarted.incidents.incident = policy.incidents.incident
+    restarted.restore(action.incident_id, 3, key, now=500.0)
+    assert restarted.repeat(520.0) is None  # ack_timeout_s from the restart
+    again = restarted.repeat(531.0)
+    assert again == key  # to be built again
+    assert restarted.update_sequence(action.incident_id) == 3
+    policy.incidents.on_ack(Ack(action.incident_id, "received"), 600.0)
+    assert policy.repeat_key() is None  # acknowledged: nothing to keep

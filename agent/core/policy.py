@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from agent.core.incident import IncidentController, SendCancel
+from agent.core.incident import IncidentController, SendCancel, SendRequest
 from agent.core.request import UPDATE_MIN_INTERVAL_S, build_cancel, build_update, update_due
 
 
@@ -42,18 +42,34 @@ class CallPolicy:
         self._last_sent: tuple[dict[str, Any], dict[str, Any]] | None = None
         self._last_sent_at = 0.0
         self._update_seq: dict[str, int] = {}
+        self._rebuild: SendRequest | None = None  # a repeat to build again, after a restart
 
     def restore(
-        self, incident_id: str, update_sequence: int, request: dict[str, Any] | None, now: float
+        self, incident_id: str, update_sequence: int, repeat: SendRequest | None, now: float
     ) -> None:
-        """After a restart: go on counting updates, and repeat ``request`` (the last request as
-        sent, None once acknowledged) after ``ack_timeout_s`` from now, as before the stop."""
+        """After a restart: go on counting updates, and repeat the unanswered request (rebuilt
+        from ``repeat``: its key, created_at and trigger) after ``ack_timeout_s`` from now."""
         self._update_seq = {incident_id: update_sequence}
-        if request is not None:
-            self.last_request = request
-            self._last_sent = (request["location"], request["vehicle_state"])
-            self._last_sent_at = now
+        self._rebuild = repeat
+        if repeat is not None:
             self.delivered_at = now
+
+    def repeat_key(self) -> SendRequest | None:
+        """What a repeat of the last request is rebuilt from after a restart (no personal data,
+        no position: SPEC §6), or None once the backend has acknowledged it."""
+        incident, request = self.incidents.incident, self.last_request
+        if incident is None or incident.acked:
+            return None
+        if request is None:
+            return self._rebuild
+        trigger = request["trigger"]
+        return SendRequest(
+            request["incident_id"],
+            request["sequence"],
+            datetime.fromisoformat(request["created_at"]),
+            trigger["held_ms"],
+            trigger["source"],
+        )
 
     def update_sequence(self, incident_id: str) -> int:
         """The last update's sequence number for ``incident_id`` (0: none yet)."""
@@ -62,6 +78,7 @@ class CallPolicy:
     def request_sent(self, payload: dict[str, Any], now: float) -> Outgoing:
         """A request built for the controller's ``SendRequest``: remember it, send it."""
         self.last_request = payload
+        self._rebuild = None
         self._last_sent = (payload["location"], payload["vehicle_state"])
         self._last_sent_at = now
         return Outgoing("request", payload["incident_id"], payload["sequence"], payload)
@@ -74,7 +91,7 @@ class CallPolicy:
     def request_delivered(self, now: float) -> None:
         self.delivered_at = now
 
-    def repeat(self, now: float) -> Outgoing | None:
+    def repeat(self, now: float) -> Outgoing | SendRequest | None:
         """The broker has the request but the backend never answered: the same request again.
 
         An ack can be lost in a broker that dies before delivering it; the same request (same
@@ -82,9 +99,10 @@ class CallPolicy:
         Every ``ack_timeout_s`` until it does.
         """
         incident, request = self.incidents.incident, self.last_request
-        if incident is None or request is None or incident.acked or incident.undelivered:
+        if incident is None or incident.acked or incident.undelivered:
             return None
-        if (request["incident_id"], request["sequence"]) != (
+        key = self.repeat_key()
+        if key is None or (key.incident_id, key.sequence) != (
             incident.incident_id,
             incident.sequence,
         ):
@@ -92,6 +110,8 @@ class CallPolicy:
         if now - self.delivered_at < self.ack_timeout_s:
             return None
         self.delivered_at = now
+        if request is None:  # after a restart: the caller builds it again, same key
+            return key
         return Outgoing("request", incident.incident_id, incident.sequence, request)
 
     def update(

@@ -467,11 +467,11 @@ class Outbox:
         acked: bool,
         *,
         update_sequence: int = 0,
-        request: bytes | None = None,
+        repeat: str | None = None,
     ) -> None:
         """Keep what a restart needs of the open incident (see StoredIncident)."""
         self._incident = StoredIncident(
-            incident_id, sequence, opened_at, acked, update_sequence, request
+            incident_id, sequence, opened_at, acked, update_sequence, repeat
         )
         self._write_incident(self._incident)
 
@@ -498,14 +498,14 @@ class Outbox:
                 f"INSERT INTO incidents ({sqlite_file.INCIDENT_COLUMNS}) VALUES (?,?,?,?,?,?) "
                 "ON CONFLICT(incident_id) DO UPDATE SET sequence=excluded.sequence, "
                 "acked=excluded.acked, update_sequence=excluded.update_sequence, "
-                "request=excluded.request",
+                "repeat=excluded.repeat",
                 (
                     incident.incident_id,
                     incident.sequence,
                     incident.opened_at,
                     int(incident.acked),
                     incident.update_sequence,
-                    incident.request,
+                    incident.repeat,
                 ),
             )
         except sqlite3.Error as exc:

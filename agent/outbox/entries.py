@@ -21,16 +21,16 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class StoredIncident:
-    """What a restart needs of the open incident (SPEC §5): no position, no personal data,
-    except ``request``: the last request as sent, kept until the backend acknowledges it, so a
-    repeat can still be published after a restart."""
+    """What a restart needs of the open incident (SPEC §5), with no position and no personal
+    data (SPEC §6): ``repeat`` is what the last request's repeat is rebuilt from until the
+    backend acknowledges it (JSON: its created_at, held_ms and source), None once it has."""
 
     incident_id: str
     sequence: int
     opened_at: float  # unix time
     acked: bool
     update_sequence: int = 0  # the last update's sequence number
-    request: bytes | None = None
+    repeat: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

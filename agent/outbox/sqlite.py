@@ -33,15 +33,15 @@ CREATE TABLE IF NOT EXISTS incidents (
     acked INTEGER NOT NULL DEFAULT 0,
     closed_at REAL,
     update_sequence INTEGER NOT NULL DEFAULT 0,
-    request BLOB
+    repeat TEXT
 );
 """
 # columns added since the first release: a file written by it gets them on open
 _ADDED = (
     ("incidents", "update_sequence", "INTEGER NOT NULL DEFAULT 0"),
-    ("incidents", "request", "BLOB"),
+    ("incidents", "repeat", "TEXT"),
 )
-INCIDENT_COLUMNS = "incident_id, sequence, opened_at, acked, update_sequence, request"
+INCIDENT_COLUMNS = "incident_id, sequence, opened_at, acked, update_sequence, repeat"
 
 
 def connect(path: Path) -> sqlite3.Connection:
