@@ -4,6 +4,7 @@ It sends what the real ECUs send (SPEC §2): CONNECT_BUTTON every 100 ms and on 
 CRC and alive counter, VEHICLE_STATUS, TYRE_PRESSURE and SAFETY_STATUS every second,
 ASSIST_CATEGORY on change. Values are settable while it runs. :class:`LedObserver` watches the
 agent's CONNECT_LED frames and checks their CRC and alive counter the way a roof module would.
+Frames are built and read with :mod:`hw_sim.matrix`, never with the agent's codec.
 """
 
 from __future__ import annotations
@@ -17,29 +18,27 @@ from typing import Any
 
 import can
 
-from agent.core.e2e import E2EReceiver, E2EResult
-from agent.core.frames import (
+from agent.inputs.can_bus import BusReader, open_bus
+from agent.waiters import Waiters
+from hw_sim.matrix import (
     ASSIST_CATEGORY,
     CONNECT_BUTTON,
     CONNECT_LED,
+    DEFAULT_DBC,
     SAFETY_STATUS,
     TYRE_PRESSURE,
     VEHICLE_STATUS,
     ButtonState,
     LedMode,
-    Matrix,
+    MatrixError,
     SafetyStatus,
+    SimMatrix,
     TyrePressure,
     VehicleStatus,
 )
-from agent.inputs.can_bus import BusReader, open_bus
-from agent.waiters import Waiters
 from hw_sim.service import Service, cancel_tasks
 
 log = logging.getLogger("hw_sim.car")
-
-# hw_sim/data links to the repository's config/ (one copy of each file); a wheel holds the files.
-DEFAULT_DBC = Path(__file__).resolve().parent / "data" / "connect.dbc"
 
 HEALTHY_STATUS = VehicleStatus(
     battery_12v_v=12.6,
@@ -73,9 +72,9 @@ def dbc_path() -> Path:
 class SimulatedCar(Service):
     """The ECUs around the agent. Use as ``async with SimulatedCar(bus) as car:``."""
 
-    def __init__(self, bus: can.BusABC, matrix: Matrix | None = None) -> None:
+    def __init__(self, bus: can.BusABC, matrix: SimMatrix | None = None) -> None:
         self.bus = bus
-        self.matrix = matrix or Matrix.from_file(dbc_path())
+        self.matrix = matrix or SimMatrix(dbc_path())
         self.button = ButtonState.RELEASED
         self.status: VehicleStatus | None = HEALTHY_STATUS
         self.tyres: TyrePressure | None = HEALTHY_TYRES
@@ -110,7 +109,8 @@ class SimulatedCar(Service):
 
     # -- the button module ------------------------------------------------------------------
 
-    def set_button(self, state: ButtonState) -> None:
+    def set_button(self, state: int) -> None:
+        state = ButtonState(state)
         changed = state != self.button
         self.button = state
         if changed and not self.button_silent:
@@ -170,12 +170,12 @@ class SimulatedCar(Service):
 class LedObserver:
     """Watches CONNECT_LED frames: the modes seen, with E2E checks like the roof module."""
 
-    def __init__(self, bus: can.BusABC) -> None:
+    def __init__(self, bus: can.BusABC, matrix: SimMatrix | None = None) -> None:
         self.bus = bus
+        self.matrix = matrix or SimMatrix(dbc_path())
         self.modes: list[tuple[float, LedMode]] = []  # changes only
         self.frames = 0
         self.bad_frames = 0
-        self._e2e = E2EReceiver()
         self._waiters = Waiters()
         self._reader: BusReader | None = None
 
@@ -196,13 +196,9 @@ class LedObserver:
         if message.arbitration_id != CONNECT_LED:
             return
         self.frames += 1
-        data = bytes(message.data)
-        if len(data) != 8 or self._e2e.check(data) is not E2EResult.OK:
-            self.bad_frames += 1
-            return
         try:
-            mode = LedMode(data[1] >> 4)
-        except ValueError:
+            mode = self.matrix.decode_led(bytes(message.data))
+        except MatrixError:
             self.bad_frames += 1
             return
         if mode != self.mode:

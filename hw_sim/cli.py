@@ -19,7 +19,7 @@ import json
 import logging
 import sys
 
-from agent.core.frames import ButtonState
+from hw_sim.matrix import ButtonState
 
 LINK_HELP = """commands on standard input: pass | delay MS [JITTER_MS] | loss FRACTION |
   freeze | cut | status (see hw_sim/link.py)

@@ -16,9 +16,9 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from agent.core.frames import LedMode
 from hw_sim.broker import EmbeddedBroker
 from hw_sim.gpsd import FakeGpsd
+from hw_sim.matrix import LedMode
 from hw_sim.mosquitto import Mosquitto, find_mosquitto
 from hw_sim.scenario import VIN, Scenario
 

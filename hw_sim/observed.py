@@ -8,11 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.app import Agent
-from agent.core.frames import LedMode, Matrix
 from agent.inputs.can_bus import CanInput
 from agent.inputs.uds import UdsClient
 from agent.observer import CallRecord
 from agent.waiters import Waiters
+from hw_sim.matrix import LedMode
 
 KEEP_RECORDS = 1000  # calls and deliveries remembered
 
@@ -56,7 +56,8 @@ class ObservedAgent(Agent):
         return self.car.uds
 
     @property
-    def matrix(self) -> Matrix:
+    def matrix(self) -> Any:
+        """The agent's own codec (for tests that watch what it decodes), not the simulators'."""
         return self.car.matrix
 
     @property
@@ -69,7 +70,8 @@ class ObservedAgent(Agent):
 
     @property
     def led_mode(self) -> LedMode:
-        return self.presenter.led_mode
+        """The mode the agent shows, as the simulators' enum (SPEC §2 codes)."""
+        return LedMode(int(self.presenter.led_mode))
 
     @property
     def update_interval_s(self) -> float:

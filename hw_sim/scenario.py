@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from agent import config as config_module
-from agent.core.frames import LedMode
 from agent.inputs.can_bus import open_bus
 from agent.inputs.uds import REQUEST_ID
 from hw_sim.backend import SimulatedBackend
 from hw_sim.car import LedObserver, SimulatedCar, dbc_path, open_sim_bus
 from hw_sim.ecu import SimulatedEcu
+from hw_sim.matrix import LedMode
 from hw_sim.observed import ObservedAgent as Agent
 from hw_sim.service import Service
 

@@ -21,16 +21,9 @@ import time
 import tty
 from pathlib import Path
 
-from agent.core.frames import CATEGORY_BY_NAME, ButtonState, LedMode
-from agent.core.lines import (
-    LedLine,
-    LineRejected,
-    LineSplitter,
-    decode_agent_line,
-    encode_button,
-    encode_category,
-)
 from agent.waiters import Waiters
+from hw_sim.lines import Bad, Led, LineBuffer, button_line, category_line, parse
+from hw_sim.matrix import CATEGORIES, ButtonState, LedMode
 from hw_sim.service import Service, cancel_tasks
 
 __all__ = ["COMMANDS_HELP", "SerialButtonModule", "run_serial_button"]
@@ -55,7 +48,7 @@ class SerialButtonModule(Service):
         self._master = -1
         self._slave = -1
         self._slave_name = ""
-        self._splitter = LineSplitter()
+        self._lines = LineBuffer()
         self._task: asyncio.Task[None] | None = None
         self._waiters = Waiters()
 
@@ -89,7 +82,7 @@ class SerialButtonModule(Service):
                 temporary.unlink()
             temporary.symlink_to(self._slave_name)
             temporary.replace(self.link)  # atomic: the agent never sees no link mid-restart
-        self._splitter.reset()
+        self._lines.clear()
         loop = asyncio.get_running_loop()
         loop.add_reader(self._master, self._readable)
         self._task = asyncio.create_task(self._cycle(), name="sim-serial-button")
@@ -114,7 +107,8 @@ class SerialButtonModule(Service):
 
     # -- the button -------------------------------------------------------------------------
 
-    def set_button(self, state: ButtonState) -> None:
+    def set_button(self, state: int) -> None:
+        state = ButtonState(state)
         changed = state != self.button
         self.button = state
         if changed and not self.button_silent:
@@ -131,10 +125,10 @@ class SerialButtonModule(Service):
         return pressed_at
 
     def set_category(self, category: str | None) -> None:
-        if category is not None and category not in CATEGORY_BY_NAME:
+        if category is not None and category not in CATEGORIES:
             raise ValueError(f"unknown category {category!r}")
         self.category = category
-        self.send_raw(encode_category(category))
+        self.send_raw(category_line(category))
 
     def send_raw(self, data: bytes) -> bool:
         """Write bytes to the agent as they are (garbage, half lines); False when dropped."""
@@ -151,7 +145,7 @@ class SerialButtonModule(Service):
         return True
 
     def _send_button(self) -> None:
-        self.send_raw(encode_button(self.button, self._counter))
+        self.send_raw(button_line(self.button, self._counter))
         self._counter = (self._counter + 1) & 0x0F
 
     async def _cycle(self) -> None:
@@ -171,12 +165,18 @@ class SerialButtonModule(Service):
             log.warning("serial button module: read failed: %s", exc)
             asyncio.get_running_loop().remove_reader(self._master)
             return
-        for item in self._splitter.feed(chunk):
-            result = decode_agent_line(item)
-            if isinstance(result, LedLine):
+        dropped = self._lines.dropped
+        for data in self._lines.feed(chunk):
+            result = parse(data)
+            if isinstance(result, Led):
                 self.leds.append((time.monotonic(), result.mode))
-            elif isinstance(result, LineRejected):
-                self.rejected[result.reason] = self.rejected.get(result.reason, 0) + 1
+            else:  # the agent sends nothing but CNLED
+                reason = result.reason if isinstance(result, Bad) else "unknown_body"
+                self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        if self._lines.dropped > dropped:
+            self.rejected["bad_framing"] = (
+                self.rejected.get("bad_framing", 0) + self._lines.dropped - dropped
+            )
         self._waiters.notify()
 
     async def wait_for_led(self, mode: LedMode, timeout: float = 10.0) -> float:
@@ -237,7 +237,7 @@ async def _apply(module: SerialButtonModule, text: str) -> str | None:
         elif cmd == "category":
             module.set_category(None if rest[0] == "none" else rest[0])
         elif cmd == "garbage":
-            module.send_raw(b"$CNBTN,P,0*00\r\n")
+            module.send_raw(button_line(ButtonState.PRESSED, 0, check="00"))
         else:
             return f"unknown command {cmd!r}"
     except (IndexError, KeyError, ValueError) as exc:

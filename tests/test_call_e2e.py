@@ -15,9 +15,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from agent.core.frames import LedMode
 from hw_sim.contract import errors as schema_errors
 from hw_sim.gpsd import FakeGpsd, load_route
+from hw_sim.matrix import LedMode
 from hw_sim.mosquitto import Mosquitto
 from hw_sim.scenario import CONTACT, VEHICLE, VIN, Scenario
 from hw_sim.serial_button import SerialButtonModule

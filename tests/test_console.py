@@ -27,7 +27,6 @@ from agent.core.frames import (
     TYRE_PRESSURE,
     VEHICLE_STATUS,
     CategoryFrame,
-    LedMode,
     Matrix,
     SafetyStatus,
     TyrePressure,
@@ -40,6 +39,7 @@ from hw_sim.console import ConsoleServer, run_console, web_demo
 from hw_sim.console.board import Board
 from hw_sim.console.outlines import OutlineSource
 from hw_sim.gpsd import FakeGpsd
+from hw_sim.matrix import LedMode
 from hw_sim.mosquitto import Mosquitto
 from hw_sim.scenario import CONTACT, VEHICLE, VIN, Scenario
 

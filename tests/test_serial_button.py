@@ -17,8 +17,8 @@ import pytest
 
 from agent.core.button import ButtonTracker, HealthChanged, Held
 from agent.core.frames import ButtonState, LedMode
-from agent.core.lines import encode_line
 from agent.inputs.serial_button import COUNTER_NAMES, SerialButtonInput
+from hw_sim.lines import line as encode_line
 from hw_sim.serial_button import SerialButtonModule, run_serial_button
 
 TIMEOUT = 5.0

@@ -351,7 +351,7 @@ async def test_button_frames_keep_reaching_the_agent_while_uds_runs() -> None:
     async with rig() as (agent, _, channel):
         car_bus = open_bus("virtual", channel, 500_000)
         try:
-            async with SimulatedCar(car_bus, agent.matrix) as car:
+            async with SimulatedCar(car_bus) as car:
                 car.button_period_s = 0.01
                 await agent.wait_for(lambda: bool(agent.matrix_frames))
                 for _ in range(10):

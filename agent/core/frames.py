@@ -3,7 +3,8 @@
 The DBC in ``config/`` describes the layout; this module adds what a DBC cannot say: which
 frames are E2E protected, which raw values mean "not available" (they become ``None``, never
 0), and the fixed DLC rule. Decoding is pure: bytes in, a typed event or a rejection out.
-Both the agent and the simulator encode through the same :class:`Matrix`.
+The simulators do not share it: they have a codec of their own, and
+``tests/test_matrix_oracle.py`` holds the two against each other.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from typing import Any
 
 import aiohttp
 
-from agent.core.frames import LedMode
 from hw_sim.console.run import web_demo
+from hw_sim.matrix import LedMode
 
 ASSETS = ("", "static/console.css", "static/console.js", "static/favicon.svg")
 

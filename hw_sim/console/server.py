@@ -39,13 +39,13 @@ from typing import Any, Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from agent.core.frames import CATEGORY_BY_NAME, ButtonState
 from hw_sim.backend import Received, SimulatedBackend
 from hw_sim.car import LedObserver, SimulatedCar
 from hw_sim.console.board import ACK_STATUSES, Board, iso_ms
 from hw_sim.console.outlines import OutlineSource, region_box
 from hw_sim.contract import errors as schema_errors
 from hw_sim.gpsd import FakeGpsd
+from hw_sim.matrix import CATEGORIES, ButtonState
 from hw_sim.service import Service, cancel_tasks
 
 __all__ = ["CONTROLS", "ConsoleServer", "Control"]
@@ -387,7 +387,7 @@ class ConsoleServer(Service):
                 "root": self.backend.root,
                 "broker": f"{self.backend.host}:{self.backend.port}",
                 "controls": sorted(CONTROLS),
-                "categories": sorted(CATEGORY_BY_NAME, key=CATEGORY_BY_NAME.__getitem__),
+                "categories": sorted(CATEGORIES, key=CATEGORIES.__getitem__),
             },
             "car": self._car_state(),
             "led": self._led_state(),
@@ -555,7 +555,7 @@ class ConsoleServer(Service):
     def _on_category(self, client: _Client, message: dict[str, Any]) -> None:
         car = self._need_car()
         value = message.get("value")
-        if value is not None and value not in CATEGORY_BY_NAME:
+        if value is not None and value not in CATEGORIES:
             raise ClientError(f"category: unknown category {value!r}")
         car.set_category(value)
         self._broadcast({"type": "car", "car": self._car_state()})

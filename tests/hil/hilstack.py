@@ -26,10 +26,9 @@ from typing import Any
 
 import can
 
-from agent.core.e2e import crc8_sae_j1850, protect
-from agent.core.frames import ButtonState, Matrix
 from hw_sim.backend import SimulatedBackend
 from hw_sim.car import dbc_path
+from hw_sim.matrix import ButtonState, SimMatrix, e2e_crc
 from hw_sim.scenario import VIN, config_text
 
 BIN = Path(sys.executable).parent
@@ -205,10 +204,14 @@ async def run(*argv: str, timeout: float = 10.0) -> str:
 # -- frames -----------------------------------------------------------------------------------
 
 
+# The simulators' codec (cantools and crccheck), never the agent's: the rig must not share a
+# layout bug with the agent under test.
+SIM_MATRIX = SimMatrix(dbc_path())
+
+
 def button_frame(state: ButtonState, counter: int) -> bytes:
     """A CONNECT_BUTTON frame as the roof module sends it: the matrix layout, CRC and counter."""
-    layout = Matrix.from_file(dbc_path()).encode_button(state)
-    return protect(layout[1:8], counter)
+    return SIM_MATRIX.encode_button(state, counter=counter)
 
 
 def cansend_arg(frame_id: int, data: bytes) -> str:
@@ -226,11 +229,11 @@ class Dumped:
 
     @property
     def crc_ok(self) -> bool:
-        return len(self.data) == 8 and crc8_sae_j1850(self.data[1:8]) == self.data[0]
+        return len(self.data) == 8 and e2e_crc(self.data[1:8]) == self.data[0]
 
     @property
     def counter(self) -> int:
-        return self.data[1] & 0x0F
+        return SIM_MATRIX.raw_signals(self.frame_id, self.data)["AliveCounter"]
 
 
 _LOG_LINE = re.compile(r"^\(\d+\.\d+\)\s+(\S+)\s+([0-9A-Fa-f]{3}|[0-9A-Fa-f]{8})#([0-9A-Fa-f]*)")

@@ -17,6 +17,7 @@ import can
 import pytest
 from hilstack import (
     EFF_FLAG,
+    SIM_MATRIX,
     Candump,
     Dumped,
     Stack,
@@ -30,11 +31,17 @@ from hilstack import (
     sniffer,
 )
 
-from agent.core.e2e import crc8_sae_j1850
-from agent.core.frames import CONNECT_BUTTON, RECEIVED_IDS, ButtonState, LedMode
 from agent.inputs.uds import RESPONSE_ID
 from hw_sim.contract import errors as schema_errors
 from hw_sim.gpsd import load_route
+from hw_sim.matrix import (
+    AGENT_RECEIVES,
+    CONNECT_BUTTON,
+    CONNECT_LED,
+    ButtonState,
+    LedMode,
+    e2e_crc,
+)
 from hw_sim.scenario import CONTACT, VEHICLE, VIN
 
 pytestmark = pytest.mark.asyncio
@@ -43,7 +50,7 @@ NOTHING_WINDOW_S = 1.0  # how long "nothing more arrives" is watched for
 BUTTON_PERIOD_S = 0.1  # the roof module's cycle (SPEC §2)
 
 # The matrix frames the agent reads, and the gateway ECU's UDS answers.
-AGENT_IDS = (*RECEIVED_IDS, RESPONSE_ID)
+AGENT_IDS = (*AGENT_RECEIVES, RESPONSE_ID)
 
 
 def on_route(lat: float, lon: float, margin_deg: float = 0.01) -> bool:
@@ -173,7 +180,7 @@ async def test_kernel_filters_keep_unused_ids_off_the_agents_socket(stack: Stack
 
 
 def led_mode(frame: Dumped) -> LedMode:
-    return LedMode(frame.data[1] >> 4)
+    return LedMode(SIM_MATRIX.raw_signals(CONNECT_LED, frame.data)["LedMode"])
 
 
 @pytest.mark.hil_socketcan
@@ -192,7 +199,9 @@ async def test_cansend_press_starts_a_call_and_candump_sees_the_led(stack: Stack
     finally:
         buttons.shutdown()
     # Continue the module's alive counter: a repeated one would be dropped (and counted).
-    counter = 0 if last is None else (last.data[1] + 1) & 0x0F
+    counter = 0
+    if last is not None:
+        counter = (SIM_MATRIX.raw_signals(CONNECT_BUTTON, last.data)["AliveCounter"] + 1) % 16
 
     candump = await Candump.start(settings.channel, "3A2:7FF")
     try:
@@ -214,7 +223,7 @@ async def test_cansend_press_starts_a_call_and_candump_sees_the_led(stack: Stack
     frames = candump.frames
     assert {f.frame_id for f in frames} == {0x3A2}
     assert all(len(f.data) == 8 for f in frames)
-    assert all(crc8_sae_j1850(f.data[1:8]) == f.data[0] for f in frames), frames
+    assert all(e2e_crc(f.data[1:8]) == f.data[0] for f in frames), frames
     steps = [(b.counter - a.counter) & 0x0F for a, b in itertools.pairwise(frames)]
     assert set(steps) == {1}, [f.counter for f in frames]  # +1 mod 16 on every frame
     modes = [led_mode(f) for f in frames]
@@ -241,7 +250,7 @@ async def test_bad_frames_from_cansend_are_ignored_and_counted(stack: Stack) -> 
     bad_crc = []
     for _ in range(6):
         body = bytes(rng.randrange(256) for _ in range(7))
-        bad_crc.append(cansend_arg(CONNECT_BUTTON, bytes([crc8_sae_j1850(body) ^ 0x5A, *body])))
+        bad_crc.append(cansend_arg(CONNECT_BUTTON, bytes([e2e_crc(body) ^ 0x5A, *body])))
     remote = ["3A1#R"]  # a remote frame with the button's ID passes the filter: foreign
     cansend = program("cansend")
     for frame in bad_dlc + bad_crc + remote:
