@@ -20,6 +20,7 @@ import can
 
 from agent.inputs.can_bus import BusReader, open_bus
 from agent.waiters import Waiters
+from hw_sim.button import SimulatedButton
 from hw_sim.matrix import (
     ASSIST_CATEGORY,
     CONNECT_BUTTON,
@@ -69,7 +70,7 @@ def dbc_path() -> Path:
     return DEFAULT_DBC
 
 
-class SimulatedCar(Service):
+class SimulatedCar(SimulatedButton, Service):
     """The ECUs around the agent. Use as ``async with SimulatedCar(bus) as car:``."""
 
     def __init__(self, bus: can.BusABC, matrix: SimMatrix | None = None) -> None:
@@ -109,22 +110,8 @@ class SimulatedCar(Service):
 
     # -- the button module ------------------------------------------------------------------
 
-    def set_button(self, state: int) -> None:
-        state = ButtonState(state)
-        changed = state != self.button
-        self.button = state
-        if changed and not self.button_silent:
-            self.send(CONNECT_BUTTON, self.matrix.encode_button(state))
-
-    async def hold(self, ms: float) -> float:
-        """Press CONNECT, hold it ``ms`` milliseconds, release; returns the press time."""
-        pressed_at = time.monotonic()
-        self.set_button(ButtonState.PRESSED)
-        try:
-            await asyncio.sleep(ms / 1000)
-        finally:
-            self.set_button(ButtonState.RELEASED)
-        return pressed_at
+    def _send_button(self) -> None:
+        self.send(CONNECT_BUTTON, self.matrix.encode_button(self.button))
 
     async def _cycle_button(self) -> None:
         while True:

@@ -22,6 +22,7 @@ import tty
 from pathlib import Path
 
 from agent.waiters import Waiters
+from hw_sim.button import SimulatedButton
 from hw_sim.lines import Bad, Led, LineBuffer, button_line, category_line, parse
 from hw_sim.matrix import CATEGORIES, ButtonState, LedMode
 from hw_sim.service import Service, cancel_tasks
@@ -31,7 +32,7 @@ __all__ = ["COMMANDS_HELP", "SerialButtonModule", "run_serial_button"]
 log = logging.getLogger("hw_sim.serial_button")
 
 
-class SerialButtonModule(Service):
+class SerialButtonModule(SimulatedButton, Service):
     """A roof module behind a pty. Knobs: ``button_silent``, ``period_s``, :meth:`send_raw`."""
 
     def __init__(self, link: str | Path | None = None, *, period_s: float = 0.1) -> None:
@@ -106,23 +107,6 @@ class SerialButtonModule(Service):
         self._slave_name = ""
 
     # -- the button -------------------------------------------------------------------------
-
-    def set_button(self, state: int) -> None:
-        state = ButtonState(state)
-        changed = state != self.button
-        self.button = state
-        if changed and not self.button_silent:
-            self._send_button()
-
-    async def hold(self, ms: float) -> float:
-        """Press CONNECT, hold it ``ms`` milliseconds, release; returns the press time."""
-        pressed_at = time.monotonic()
-        self.set_button(ButtonState.PRESSED)
-        try:
-            await asyncio.sleep(ms / 1000)
-        finally:
-            self.set_button(ButtonState.RELEASED)
-        return pressed_at
 
     def set_category(self, category: str | None) -> None:
         if category is not None and category not in CATEGORIES:
