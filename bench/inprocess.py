@@ -98,7 +98,7 @@ class Rig(Service):
 
     async def start(self) -> None:
         before = {t.native_id for t in threading.enumerate()}
-        self.led.start()
+        await self.led.start()
         await self.ecu.start()
         self._sim_threads = [
             t.native_id
@@ -121,7 +121,7 @@ class Rig(Service):
             async with asyncio.timeout(15):
                 await task
         await self.car.aclose()
-        self.led.stop()
+        await self.led.aclose()
         await self.ecu.aclose()
         self.bus.shutdown()
         self.ecu_bus.shutdown()

@@ -154,7 +154,7 @@ class SimulatedCar(SimulatedButton, Service):
             await asyncio.sleep(self.status_period_s)
 
 
-class LedObserver:
+class LedObserver(Service):
     """Watches CONNECT_LED frames: the modes seen, with E2E checks like the roof module."""
 
     def __init__(self, bus: can.BusABC, matrix: SimMatrix | None = None) -> None:
@@ -170,11 +170,11 @@ class LedObserver:
     def mode(self) -> LedMode | None:
         return self.modes[-1][1] if self.modes else None
 
-    def start(self) -> LedObserver:
-        self._reader = BusReader(self.bus, self.on_message)
-        return self
+    async def start(self) -> None:
+        if self._reader is None:
+            self._reader = BusReader(self.bus, self.on_message)
 
-    def stop(self) -> None:
+    async def aclose(self) -> None:
         if self._reader is not None:
             self._reader.stop()
             self._reader = None

@@ -261,7 +261,8 @@ async def _led(args: argparse.Namespace) -> None:
     from hw_sim.car import LedObserver, open_sim_bus  # noqa: PLC0415
 
     bus = open_sim_bus(args.interface, args.channel)
-    observer = LedObserver(bus).start()
+    observer = LedObserver(bus)
+    await observer.start()
     try:
         seen = 0
         while True:
@@ -273,7 +274,7 @@ async def _led(args: argparse.Namespace) -> None:
                 )
             seen = len(observer.modes)
     finally:
-        observer.stop()
+        await observer.aclose()
         bus.shutdown()
 
 

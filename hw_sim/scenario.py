@@ -148,7 +148,7 @@ class Scenario(Service):
 
     async def start(self) -> None:
         """Start the simulators and the agent; returns once the agent is ready and online."""
-        self.led.start()
+        await self.led.start()
         if self.ecu is not None:
             await self.ecu.start()
         await self.backend.start()
@@ -185,7 +185,7 @@ class Scenario(Service):
             await self.stop_agent()
         finally:
             await self.car.aclose()
-            self.led.stop()
+            await self.led.aclose()
             if self.ecu is not None:
                 await self.ecu.aclose()
             for bus in (self.bus, self.ecu_bus):

@@ -9,7 +9,7 @@ import pytest
 from agent.inputs.can_bus import open_bus
 from agent.inputs.uds import REQUEST_ID
 from hw_sim.backend import SimulatedBackend
-from hw_sim.car import SimulatedCar
+from hw_sim.car import LedObserver, SimulatedCar
 from hw_sim.ecu import SimulatedEcu
 from hw_sim.scenario import Scenario
 from hw_sim.serial_button import SerialButtonModule
@@ -17,7 +17,7 @@ from hw_sim.service import Service
 
 
 @pytest.mark.parametrize(
-    "cls", [SimulatedCar, SimulatedEcu, SerialButtonModule, SimulatedBackend, Scenario]
+    "cls", [SimulatedCar, LedObserver, SimulatedEcu, SerialButtonModule, SimulatedBackend, Scenario]
 )
 def test_is_a_service(cls: type) -> None:
     assert issubclass(cls, Service)

@@ -65,8 +65,7 @@ async def run_console(
             bus_interface = interface or "socketcan"
             bus = open_sim_bus(bus_interface, channel)
             stack.callback(bus.shutdown)
-            led = LedObserver(bus).start()
-            stack.callback(led.stop)
+            led = await stack.enter_async_context(LedObserver(bus))
             car = await stack.enter_async_context(SimulatedCar(bus))
             bus_name = f"{bus_interface}:{channel}"
         gps: FakeGpsd | None = None
