@@ -150,6 +150,8 @@ async def run(base: Path, run_no: int, emit: Report, expect: list[str], final: b
     work.mkdir(exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
     agent_log = Path(emit.path).with_name(f"agent-{run_no:03d}.log")
     async with contextlib.AsyncExitStack() as stack:
+        if fault == "tmpfs":  # init's unmount of the block device needs it gone
+            stack.callback(subprocess.run, ["umount", str(state)], check=False)
         broker = await stack.enter_async_context(Mosquitto(persistence=False))
         link = await stack.enter_async_context(Link(broker.port))
         backend = await stack.enter_async_context(SimulatedBackend("127.0.0.1", broker.port))
@@ -163,6 +165,7 @@ async def run(base: Path, run_no: int, emit: Report, expect: list[str], final: b
         await stack.enter_async_context(SimulatedEcu(ecu_bus, vin=VIN))
         car = await stack.enter_async_context(SimulatedCar(bus))
         config = work / "agent.toml"
+        config.touch(mode=0o600)  # it holds the driver's personal data, as in the car
         config.write_text(
             config_text(state, link.port, gpsd.port, interface="socketcan", channel=CHANNEL)
         )
