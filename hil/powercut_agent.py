@@ -11,12 +11,13 @@ mounted at STATE_DIR, and cuts the power while it runs. One boot:
    observer of the ``CONNECT_LED`` frames (as the roof module sees them).
 2. The product: ``connect-agent run --config`` as its own process, its state directory
    ``STATE_DIR/agent`` on the ext4 of the block device (it refuses anything else), its MQTT port
-   the link's. ``UP`` once the LED shows ``ready`` and the backend sees the status ``online``.
+   the link's. ``UP <seconds since it was started>`` once LED frames come (``calling`` while a
+   call from before the cut is open) and the backend sees the status ``online``.
 3. ``--expect``: the calls that showed ``calling`` before the last power cut. Each must reach
    the backend as a request with that incident_id and sequence 1 within POWERCUT_DELIVER_S
-   (30 s): ``DELIVERED <id> <seconds after UP>``, else ``MISSING <id>``. Every request the
-   backend stores is reported (``REQUEST <id> <seq>``). The backend then closes each incident
-   (ack ``closed``) so the LED goes back to ``ready``.
+   (30 s): ``DELIVERED <id> <seconds since the agent was started>``, else ``MISSING <id>``.
+   Every request the backend stores is reported (``REQUEST <id> <seq>``). The backend then
+   closes each incident (ack ``closed``), so the LED goes back to ``ready``.
 4. ``--final``: SIGTERM to the agent (``AGENT-EXIT <status>``), and stop. Otherwise the broker's
    answer is held: the link freezes (the agent's connection stays open and carries nothing, so
    no PUBACK can come; ``HELD``), the car holds CONNECT for 2.2 s, and once the LED frame shows
@@ -173,6 +174,7 @@ async def run(base: Path, run_no: int, emit: Report, expect: list[str], final: b
         if fault == "nosync":
             env["LD_PRELOAD"] = os.environ["POWERCUT_NOSYNC_LIB"]
         agent = await AgentProcess.start(config, agent_log, env)
+        spawned = time.monotonic()
         stack.push_async_callback(agent.stop)
         emit(f"STARTED fault={fault or 'none'} state={':'.join(mount_of(state))}")
         # Up: the LED frames come (``calling`` when a call is still open from before the cut)
@@ -185,8 +187,7 @@ async def run(base: Path, run_no: int, emit: Report, expect: list[str], final: b
         if not up_ok:
             emit(f"NOT-UP led={led.mode} exit={agent.process.returncode}")
             return 1
-        up = time.monotonic()
-        emit("UP")
+        emit(f"UP {time.monotonic() - spawned:.2f}")
 
         reported: set[tuple[str, int]] = set()
 
@@ -201,7 +202,7 @@ async def run(base: Path, run_no: int, emit: Report, expect: list[str], final: b
             got = await poll_until(lambda: key in backend.requests, deliver_s)  # noqa: B023
             report_requests()
             if got:
-                emit(f"DELIVERED {incident_id} {time.monotonic() - up:.2f}")
+                emit(f"DELIVERED {incident_id} {time.monotonic() - spawned:.2f}")
                 backend.ack(VIN, incident_id, "closed")
             else:
                 emit(f"MISSING {incident_id}")

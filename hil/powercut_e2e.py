@@ -185,7 +185,7 @@ def main(argv: list[str]) -> int:
         f"fault {fault or 'none'}",
         flush=True,
     )
-    print(f"{'run':>3} {'cut ms':>6} {'sent ms':>7} {'boot s':>6}  {'incident':<38} after reboot")
+    print(f"{'run':>3} {'cut ms':>6} {'sent ms':>7} {'boot s':>6}  {'incident':<38} the next boot")
     tally = Tally()
     started = time.monotonic()
     expect: list[str] = []
@@ -203,7 +203,8 @@ def main(argv: list[str]) -> int:
         if row is not None:
             delivered = {w[0]: w[1] for w in b.words("DELIVERED")}
             outcome = ", ".join(
-                f"delivered in {delivered[i]} s" if i in delivered else "LOST" for i in expect
+                f"delivered, {delivered[i]} s after start" if i in delivered else "LOST"
+                for i in expect
             )
             print(f"{row} {outcome or '-'}", flush=True)
         if len(tally.lost) > lost_before:
