@@ -16,10 +16,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import ssl
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -33,7 +35,7 @@ from agent.config import MqttConfig
 from agent.errors import ConfigError, UplinkError
 from agent.outbox import Entry, Outbox
 from agent.paho_loop import PahoOnLoop
-from agent.tls import client_context
+from agent.tls import ResumingContext, client_context
 
 log = logging.getLogger("agent.uplink")
 
@@ -69,6 +71,17 @@ def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
         raise UplinkError(f"cannot set up TLS from the configured files: {exc}") from exc
 
 
+def _file_signature(path: Path | None) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or rewritten (a renewed certificate)."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class Uplink:
     def __init__(
         self,
@@ -98,6 +111,7 @@ class Uplink:
         self._connack: asyncio.Future[bool] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._io: PahoOnLoop | None = None  # the current client's I/O on the loop
+        self._tls: tuple[tuple[object, ...], ssl.SSLContext] | None = None  # files -> context
         self._closing = False  # aclose() asked for the disconnect
         self._urgent = False  # the last connection died under a call: reconnect at once
         self._last_error: str | None = None  # paho's last error line on this connection
@@ -260,13 +274,33 @@ class Uplink:
             properties=self._json_properties(PacketTypes.WILLMESSAGE),
         )
         if self.cfg.tls:
-            client.tls_set_context(tls_context(self.cfg))
+            client.tls_set_context(self._tls_context())
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_log = self._on_log
         return client
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The TLS context, made again whenever a file changed (a renewed certificate is
+        picked up without a restart), else kept: a session can only resume in its context."""
+        files = (self.cfg.ca_file, self.cfg.cert_file, self.cfg.key_file)
+        signature = tuple(_file_signature(path) for path in files)
+        if self._tls is None or self._tls[0] != signature:
+            self._tls = (signature, tls_context(self.cfg))
+        return self._tls[1]
+
+    def _keep_tls_session(self, client: mqtt.Client) -> None:
+        """After CONNACK (TLS 1.3 tickets come after the handshake): offer it next time."""
+        sock = client.socket()
+        if not isinstance(sock, ssl.SSLSocket) or self._tls is None:
+            return
+        if sock.session_reused:
+            self.counters["tls_resumed"] = self.counters.get("tls_resumed", 0) + 1
+        context = self._tls[1]
+        if isinstance(context, ResumingContext) and sock.session is not None:
+            context.session = sock.session
 
     async def _serve_once(self) -> None:
         loop = asyncio.get_running_loop()
@@ -358,6 +392,7 @@ class Uplink:
         if reason.is_failure:
             self._connack.set_exception(UplinkError(f"broker refused the connection: {reason}"))
         else:
+            self._keep_tls_session(client)
             self._connack.set_result(bool(flags.session_present))
 
     def _on_disconnect(

@@ -34,6 +34,7 @@ from agent.core.frames import LedMode
 from agent.errors import ConfigError, UplinkError
 from agent.tls import CertificateTimeError, certificate_validity, check_tls_files, client_context
 from hw_sim.gpsd import FakeGpsd
+from hw_sim.link import Link
 from hw_sim.observed import ObservedAgent as Agent
 from hw_sim.scenario import VIN, Scenario, config_text
 
@@ -572,3 +573,22 @@ def test_plain_tcp_needs_allow_insecure_and_loopback(
         path, environ={}, overrides={"mqtt.tls": "false", "mqtt.allow_insecure": "true"}
     )
     assert not allowed.mqtt.tls
+
+
+@pytest.mark.asyncio
+async def test_a_reconnection_resumes_the_tls_session(
+    tmp_path: Path, pki: Pki, broker: Broker, fake_gpsd: FakeGpsd
+) -> None:
+    """A link cut (RST) under a TLS connection: the next handshake resumes the session (one
+    round trip fewer, no certificates sent), and a call still gets through."""
+    async with Link(broker.tls) as link:
+        overrides = tls_overrides(pki, link.port)
+        async with Scenario(tmp_path, broker.plain, fake_gpsd.port, overrides=overrides) as sim:
+            uplink = sim.agent.uplink
+            connects = uplink.connects
+            assert link.cut() >= 1
+            await sim.agent.wait_until(lambda: uplink.connects > connects, TIMEOUT)
+            assert uplink.counters.get("tls_resumed", 0) >= 1
+            await sim.car.hold(2100)
+            await sim.backend.wait_for("request", 1, timeout=TIMEOUT)
+            await sim.led.wait_for(LedMode.CONNECTED, timeout=TIMEOUT)
