@@ -182,7 +182,9 @@ def encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-CAN_STATES = ("ok", "error", "down")  # what the status schema allows besides "unknown"
+# What the status schema allows besides "unknown" (agent.core.controller.STATES). "error" is
+# kept in the schema for documents from older agents; this one reports "down" instead.
+CAN_STATES = ("ok", "error_passive", "bus_off", "down")
 
 
 def build_status(
