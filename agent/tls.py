@@ -30,12 +30,35 @@ from typing import Any
 from agent.errors import ConfigError, UplinkError
 
 __all__ = [
+    "CLOCK_HINT",
     "CertificateTimeError",
     "ResumingContext",
+    "certificate_time_failure",
     "certificate_validity",
     "check_tls_files",
     "client_context",
 ]
+
+
+# OpenSSL's verify results that are about time, not about the certificate chain: with a wrong
+# system clock (a board without RTC before NTP or GPS set it) a good certificate fails so.
+_TIME_VERIFY_CODES = {9: "is not yet valid", 10: "has expired"}  # X509_V_ERR_CERT_NOT_YET_VALID,
+# X509_V_ERR_CERT_HAS_EXPIRED
+CLOCK_HINT = (
+    "set the board's clock from gpsd with chrony (docs/deploy.md, 'The clock'), or wait "
+    "for NTP; the agent retries and queues calls meanwhile"
+)
+
+
+def certificate_time_failure(exc: BaseException) -> str | None:
+    """ "is not yet valid" / "has expired" when our side refused the broker's certificate on
+    its dates (the chain of causes is searched), else None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return _TIME_VERIFY_CODES.get(seen.verify_code)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class CertificateTimeError(ConfigError):

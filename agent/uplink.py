@@ -20,6 +20,7 @@ import os
 import random
 import ssl
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,10 +33,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.backoff import backoff_delays
 from agent.config import MqttConfig
+from agent.core.clock import rfc3339_ms
+from agent.core.wallclock import Reading
 from agent.errors import ConfigError, UplinkError
 from agent.outbox import Entry, Outbox
 from agent.paho_loop import PahoOnLoop
-from agent.tls import ResumingContext, client_context
+from agent.tls import CLOCK_HINT, ResumingContext, certificate_time_failure, client_context
 
 log = logging.getLogger("agent.uplink")
 
@@ -92,8 +95,10 @@ class Uplink:
         status: Callable[[str], dict[str, Any]],
         *,
         rng: random.Random | None = None,
+        clock: Callable[[], Reading] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._clock = clock  # the agent's wall clock: is a refused certificate its fault?
         self.publish_timeout_s = cfg.publish_timeout_s  # no PUBACK by then: the path is dead
         self.vin = vin
         self.topics = Topics(cfg.topic_root, vin)
@@ -204,7 +209,8 @@ class Uplink:
                     failures = 0
                 except (OSError, UplinkError, TimeoutError, ssl.SSLError) as exc:
                     failures += 1
-                    if failures == 1 or failures % 20 == 0:  # once an outage, then now and then
+                    blamed = self._clock_problem(exc, failures)  # logged there if so
+                    if not blamed and (failures == 1 or failures % 20 == 0):  # now and then
                         log.warning(
                             "MQTT %s:%d unavailable (%d attempt(s)): %s",
                             self.cfg.host,
@@ -226,6 +232,34 @@ class Uplink:
                         await self._wake.wait()  # a press cuts the wait short
         finally:
             self._teardown()
+
+    def _clock_problem(self, exc: BaseException, failures: int) -> bool:
+        """A broker certificate refused on its dates while our clock is untrusted: say so.
+
+        OpenSSL checks validity against the system clock, which on a board without RTC may be
+        1970 or the image's date until NTP or GPS sets it; GPS time cannot be given to it.
+        Counted (``tls_clock_errors``) and logged as a clock problem with a hint.
+        """
+        failed = certificate_time_failure(exc)
+        if failed is None or self._clock is None:
+            return False
+        reading = self._clock()
+        if reading.source == "system":
+            return False  # a trusted clock: the certificate's own problem, reported as such
+        self.counters["tls_clock_errors"] = self.counters.get("tls_clock_errors", 0) + 1
+        if failures == 1 or failures % 20 == 0:
+            log.warning(
+                "MQTT %s:%d: clock problem, not a certificate problem: the broker's certificate "
+                "%s by the system clock (%s), which is not trusted (wall clock: %s, %s); %s",
+                self.cfg.host,
+                self.cfg.port,
+                failed,
+                rfc3339_ms(datetime.now(UTC)),
+                reading.source,
+                rfc3339_ms(reading.utc),
+                CLOCK_HINT,
+            )
+        return True
 
     async def aclose(self, timeout: float = 2.0) -> None:
         """Publish the offline status and disconnect cleanly (no Last Will needed)."""

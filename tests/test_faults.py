@@ -123,7 +123,11 @@ async def test_agent_killed_before_puback_then_restarted(
 
 
 def start_child(
-    directory: Path, mqtt_port: int, gpsd_port: int, mode: str
+    directory: Path,
+    mqtt_port: int,
+    gpsd_port: int,
+    mode: str,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
     with (directory / f"{mode}.log").open("a") as log:  # the child's log, kept beside its state
         return subprocess.Popen(
@@ -131,7 +135,7 @@ def start_child(
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
         )
 
 

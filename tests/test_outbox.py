@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.core.wallclock import Stamp
 from agent.outbox import FILENAME, Entry, Limits, Outbox
 
 T = "assistance/v1/VIN/request"
@@ -24,11 +25,13 @@ ID2 = "22222222-2222-4222-8222-222222222222"
 
 
 class Clock:
+    """A trusted wall clock and the boot clock, moving together, in one boot."""
+
     def __init__(self) -> None:
         self.now = 1_800_000_000.0
 
-    def __call__(self) -> float:
-        return self.now
+    def __call__(self) -> Stamp:
+        return Stamp(self.now, True, "boot-1", self.now - 1_700_000_000.0)
 
 
 def test_messages_survive_a_restart_in_order_with_their_ids(tmp_path: Path) -> None:
@@ -393,3 +396,67 @@ def test_a_state_directory_of_mode_000_runs_from_memory_for_the_service_user(
     finally:
         (base / "state").chmod(0o700)
         shutil.rmtree(base)
+
+
+class BoardClock:
+    """The clocks of a board without RTC: a wall clock that can be wrong and jump, the boot
+    clock that runs on, and the boot id."""
+
+    def __init__(self) -> None:
+        self.wall = 978_307_200.0  # 2001-01-01: not trusted
+        self.trusted = False
+        self.boot = "boot-1"
+        self.boot_s = 30.0
+
+    def __call__(self) -> Stamp:
+        return Stamp(self.wall, self.trusted, self.boot, self.boot_s)
+
+    def run(self, seconds: float) -> None:
+        self.wall += seconds
+        self.boot_s += seconds
+
+
+TEN_YEARS = 10 * 365.25 * 86400
+
+
+def test_a_jump_of_the_wall_clock_never_purges_a_pending_call(tmp_path: Path) -> None:
+    clock = BoardClock()
+    with Outbox(tmp_path, Limits(retention_s=86400), clock=clock) as box:
+        box.add("request", ID1, 1, T, b"the call")
+        box.save_incident(ID1, 1, clock.wall, False)
+        clock.run(60)
+        clock.wall += TEN_YEARS  # NTP or GPS steps the clock
+        assert box.purge_expired() == 0
+        clock.trusted = True
+        assert box.purge_expired() == 0
+        assert [e.incident_id for e in box.pending()] == [ID1]
+        assert box.open_incident() is not None
+        age = box.oldest_age_s()
+        assert age is not None and 59 < age < 61
+        clock.wall -= 2 * TEN_YEARS  # and back: the age is the boot clock's
+        assert box.purge_expired() == 0
+        clock.run(86400)  # retention still purges what is truly old
+        assert box.purge_expired() == 1
+        assert box.open_incident() is None
+
+
+def test_across_a_reboot_only_trusted_clocks_date_a_row(tmp_path: Path) -> None:
+    clock = BoardClock()
+    clock.wall, clock.trusted = 1_800_000_000.0, True
+    with Outbox(tmp_path, Limits(retention_s=86400), clock=clock) as box:
+        box.add("request", ID1, 1, T, b"stamped by a trusted clock")
+    clock.trusted, clock.wall = False, 1_800_000_000.0
+    clock.boot, clock.boot_s = "boot-2", 10.0
+    clock.wall += TEN_YEARS
+    with Outbox(tmp_path, Limits(retention_s=86400), clock=clock) as box:  # untrusted: kept
+        box.add("request", ID2, 1, T, b"stamped by an untrusted clock")
+        assert box.count() == 2
+    clock.boot, clock.boot_s = "boot-3", 10.0
+    clock.wall, clock.trusted = 1_800_000_000.0 + 2 * 86400, True
+    with Outbox(tmp_path, Limits(retention_s=86400), clock=clock) as box:
+        # the trusted row is two days old: gone; the other's age is unknown: kept, from now
+        assert [e.incident_id for e in box.pending()] == [ID2]
+        clock.run(86400 - 60)
+        assert box.purge_expired() == 0
+        clock.run(120)
+        assert box.purge_expired() == 1

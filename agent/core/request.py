@@ -200,6 +200,7 @@ def build_status(
     oldest_pending_s: float | None,
     storage: str,
     counters: dict[str, int],
+    clock: str | None = None,
 ) -> dict[str, Any]:
     """The retained status document (SPEC §6): health and counters, never a position."""
     return {
@@ -214,4 +215,5 @@ def build_status(
         "oldest_pending_s": None if oldest_pending_s is None else round(oldest_pending_s, 1),
         "storage": storage,
         "counters": {name: n for name, n in sorted(counters.items()) if n},
+        **({} if clock is None else {"clock": clock}),
     }

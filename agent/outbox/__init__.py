@@ -13,7 +13,9 @@ Nothing here may lose a call:
 - Limits (rows, bytes) only ever evict ``update`` messages: a request or a cancel is kept
   beyond the limit, with a warning.
 - Deleted rows are overwritten (``secure_delete``): acknowledged personal data does not linger
-  in the file. Messages older than the retention period are purged.
+  in the file. Messages older than the retention period are purged; ages are measured so
+  that a step of the wall clock (a board without RTC set by NTP or GPS) never makes an
+  undelivered message look old (:mod:`agent.core.wallclock`).
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
+from agent.core.wallclock import Stamp, age_s, settle
 from agent.errors import OutboxError
 from agent.outbox import sqlite as sqlite_file
 from agent.outbox.entries import Entry, Limits, StoredIncident
 from agent.outbox.memory import MemoryQueue
 from agent.outbox.sqlite import FILENAME
+from agent.wallclock import system_stamp
 
 __all__ = ["FILENAME", "RETRY_S", "Entry", "Limits", "Outbox", "StoredIncident"]
 
@@ -45,7 +50,7 @@ class Outbox:
         directory: Path,
         limits: Limits | None = None,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], Stamp] = system_stamp,
     ) -> None:
         self.path = Path(directory) / FILENAME
         self.limits = limits or Limits()
@@ -238,7 +243,19 @@ class Outbox:
 
         Never raises for a disk problem: the message is then kept in memory and still sent.
         """
-        entry = Entry(0, kind, incident_id, sequence, topic, payload, self._clock())
+        now = self._clock()
+        entry = Entry(
+            0,
+            kind,
+            incident_id,
+            sequence,
+            topic,
+            payload,
+            now.wall,
+            now.trusted,
+            now.boot_id,
+            now.boot_s,
+        )
         held = self._memory.find((kind, incident_id, sequence))
         if held is not None:  # de-duplicated by key, as the disk's UNIQUE is
             return held
@@ -352,30 +369,43 @@ class Outbox:
                 self._failed("counting", exc)
         return disk + len(self._memory)
 
-    def oldest_created_at(self) -> float | None:
-        oldest = self._memory.oldest_created_at()
-        times = [] if oldest is None else [oldest]
+    def oldest_age_s(self) -> float | None:
+        """How long the oldest undelivered message has waited (None: none, or no clock can
+        tell); a step of the wall clock does not change it."""
+        stamps = [e.stamp for e in self._memory]
         if self._db is not None:
             try:
-                row = self._db.execute("SELECT MIN(created_at) FROM messages").fetchone()
-                if row[0] is not None:
-                    times.append(float(row[0]))
+                first = sqlite_file.oldest(self._db)
             except sqlite3.Error as exc:
                 self._failed("reading", exc)
-        return min(times) if times else None
+            else:
+                stamps += [] if first is None else [first]
+        now = self._clock()
+        ages = [age for stamp in stamps if (age := age_s(stamp, now)) is not None]
+        return max(ages) if ages else None
 
     def purge_expired(self) -> int:
-        """Delete messages and incidents older than the retention period; returns rows gone."""
-        cutoff = self._clock() - self.limits.retention_s
-        if self._incident is not None and self._incident.opened_at < cutoff:
-            self._incident = None
-        sqlite_file.purge_quarantined(self.path, cutoff)  # personal data too: same retention
+        """Delete messages and incidents older than the retention period; returns rows gone.
+
+        A row's age is its boot clock's within a boot, and across boots its wall time's only
+        when both that and the clock now are trusted; a row no clock can date is kept (see
+        :func:`agent.outbox.sqlite.purge`).
+        """
+        now = self._clock()
+        retention = self.limits.retention_s
+        if self._incident is not None and self._incident.stamp is not None:
+            age = age_s(settle(self._incident.stamp, now), now)
+            if age is not None and age > retention:
+                self._incident = None
+        if now.trusted:  # file times are wall times: personal data too, same retention
+            sqlite_file.purge_quarantined(self.path, now.wall - retention)
         if self._db is None or self._memory:
             self.retry_disk()  # called periodically by the agent: the disk's retry tick too
         if self._db is None:
             return 0
         try:
-            gone = sqlite_file.purge(self.db, cutoff)
+            gone = sqlite_file.purge(self.db, now, retention)
+            self._incident = self._read_incident() if self._incident is not None else None
         except sqlite3.Error as exc:
             self._failed("purging", exc)
             return 0
@@ -399,8 +429,13 @@ class Outbox:
         repeat: str | None = None,
     ) -> None:
         """Keep what a restart needs of the open incident (see StoredIncident)."""
+        known = self._incident
+        if known is not None and known.incident_id == incident_id and known.stamp is not None:
+            stamp = known.stamp
+        else:
+            stamp = replace(self._clock(), wall=opened_at)
         self._incident = StoredIncident(
-            incident_id, sequence, opened_at, acked, update_sequence, repeat
+            incident_id, sequence, opened_at, acked, update_sequence, repeat, stamp
         )
         self._write_incident(self._incident)
 
