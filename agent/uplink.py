@@ -16,13 +16,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import ssl
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -33,12 +30,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.backoff import backoff_delays
 from agent.config import MqttConfig
-from agent.core.clock import rfc3339_ms
 from agent.core.wallclock import Reading
-from agent.errors import ConfigError, UplinkError
+from agent.errors import UplinkError
 from agent.outbox import Entry, Outbox
 from agent.paho_loop import PahoOnLoop
-from agent.tls import CLOCK_HINT, ResumingContext, certificate_time_failure, client_context
+from agent.uplink_tls import UplinkTls
 
 log = logging.getLogger("agent.uplink")
 
@@ -66,25 +62,6 @@ class Topics:
         return topic
 
 
-def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
-    """Mutual TLS, 1.2 or later, with hostname verification."""
-    try:
-        return client_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
-    except (OSError, ssl.SSLError, ConfigError) as exc:
-        raise UplinkError(f"cannot set up TLS from the configured files: {exc}") from exc
-
-
-def _file_signature(path: Path | None) -> tuple[int, int, int] | None:
-    """What changes when a file is replaced or rewritten (a renewed certificate)."""
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
 class Uplink:
     def __init__(
         self,
@@ -98,7 +75,6 @@ class Uplink:
         clock: Callable[[], Reading] | None = None,
     ) -> None:
         self.cfg = cfg
-        self._clock = clock  # the agent's wall clock: is a refused certificate its fault?
         self.publish_timeout_s = cfg.publish_timeout_s  # no PUBACK by then: the path is dead
         self.vin = vin
         self.topics = Topics(cfg.topic_root, vin)
@@ -116,7 +92,6 @@ class Uplink:
         self._connack: asyncio.Future[bool] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._io: PahoOnLoop | None = None  # the current client's I/O on the loop
-        self._tls: tuple[tuple[object, ...], ssl.SSLContext] | None = None  # files -> context
         self._closing = False  # aclose() asked for the disconnect
         self._urgent = False  # the last connection died under a call: reconnect at once
         self._last_error: str | None = None  # paho's last error line on this connection
@@ -125,6 +100,7 @@ class Uplink:
         self.connects = 0
         self.attempts = 0
         self.counters: dict[str, int] = {}
+        self._tls = UplinkTls(cfg, self.counters, clock)
 
     @property
     def connected(self) -> bool:
@@ -209,7 +185,7 @@ class Uplink:
                     failures = 0
                 except (OSError, UplinkError, TimeoutError, ssl.SSLError) as exc:
                     failures += 1
-                    blamed = self._clock_problem(exc, failures)  # logged there if so
+                    blamed = self._tls.clock_problem(exc, failures)  # logged there if so
                     if not blamed and (failures == 1 or failures % 20 == 0):  # now and then
                         log.warning(
                             "MQTT %s:%d unavailable (%d attempt(s)): %s",
@@ -232,34 +208,6 @@ class Uplink:
                         await self._wake.wait()  # a press cuts the wait short
         finally:
             self._teardown()
-
-    def _clock_problem(self, exc: BaseException, failures: int) -> bool:
-        """A broker certificate refused on its dates while our clock is untrusted: say so.
-
-        OpenSSL checks validity against the system clock, which on a board without RTC may be
-        1970 or the image's date until NTP or GPS sets it; GPS time cannot be given to it.
-        Counted (``tls_clock_errors``) and logged as a clock problem with a hint.
-        """
-        failed = certificate_time_failure(exc)
-        if failed is None or self._clock is None:
-            return False
-        reading = self._clock()
-        if reading.source == "system":
-            return False  # a trusted clock: the certificate's own problem, reported as such
-        self.counters["tls_clock_errors"] = self.counters.get("tls_clock_errors", 0) + 1
-        if failures == 1 or failures % 20 == 0:
-            log.warning(
-                "MQTT %s:%d: clock problem, not a certificate problem: the broker's certificate "
-                "%s by the system clock (%s), which is not trusted (wall clock: %s, %s); %s",
-                self.cfg.host,
-                self.cfg.port,
-                failed,
-                rfc3339_ms(datetime.now(UTC)),
-                reading.source,
-                rfc3339_ms(reading.utc),
-                CLOCK_HINT,
-            )
-        return True
 
     async def aclose(self, timeout: float = 2.0) -> None:
         """Publish the offline status and disconnect cleanly (no Last Will needed)."""
@@ -308,33 +256,13 @@ class Uplink:
             properties=self._json_properties(PacketTypes.WILLMESSAGE),
         )
         if self.cfg.tls:
-            client.tls_set_context(self._tls_context())
+            client.tls_set_context(self._tls.context())
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_log = self._on_log
         return client
-
-    def _tls_context(self) -> ssl.SSLContext:
-        """The TLS context, made again whenever a file changed (a renewed certificate is
-        picked up without a restart), else kept: a session can only resume in its context."""
-        files = (self.cfg.ca_file, self.cfg.cert_file, self.cfg.key_file)
-        signature = tuple(_file_signature(path) for path in files)
-        if self._tls is None or self._tls[0] != signature:
-            self._tls = (signature, tls_context(self.cfg))
-        return self._tls[1]
-
-    def _keep_tls_session(self, client: mqtt.Client) -> None:
-        """After CONNACK (TLS 1.3 tickets come after the handshake): offer it next time."""
-        sock = client.socket()
-        if not isinstance(sock, ssl.SSLSocket) or self._tls is None:
-            return
-        if sock.session_reused:
-            self.counters["tls_resumed"] = self.counters.get("tls_resumed", 0) + 1
-        context = self._tls[1]
-        if isinstance(context, ResumingContext) and sock.session is not None:
-            context.session = sock.session
 
     async def _serve_once(self) -> None:
         loop = asyncio.get_running_loop()
@@ -426,7 +354,7 @@ class Uplink:
         if reason.is_failure:
             self._connack.set_exception(UplinkError(f"broker refused the connection: {reason}"))
         else:
-            self._keep_tls_session(client)
+            self._tls.connected(client)
             self._connack.set_result(bool(flags.session_present))
 
     def _on_disconnect(
