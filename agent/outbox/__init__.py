@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
+from typing import Concatenate, ParamSpec, TypeVar
 
 from agent.core.wallclock import Stamp, age_s, settle
 from agent.errors import OutboxError
@@ -38,6 +39,9 @@ from agent.outbox.sqlite import FILENAME
 from agent.wallclock import system_stamp
 
 __all__ = ["FILENAME", "RETRY_S", "Entry", "Limits", "Outbox", "StoredIncident"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 RETRY_S = 10.0  # how often a failed disk is tried again
 
@@ -279,10 +283,8 @@ class Outbox:
         if self._db is None:
             room, evicted = self._memory.make_room(entry)
         else:
-            try:
-                room, evicted = sqlite_file.make_room(self._db, entry, self.limits)
-            except sqlite3.Error as exc:
-                self._failed("checking limits", exc)
+            made = self._statement("checking limits", sqlite_file.make_room, entry, self.limits)
+            room, evicted = made or ("fits", 0)
         self._count("updates_evicted", evicted)
         if room == "over":
             self._count("over_limit")
@@ -296,14 +298,7 @@ class Outbox:
 
     def pending(self) -> list[Entry]:
         """Every message not yet acknowledged by the broker, oldest first."""
-        entries: list[Entry] = []
-        if self._db is not None:
-            try:
-                entries = sqlite_file.entries(self._db)
-            except sqlite3.Error as exc:
-                self._failed("reading", exc)
-        entries += self._memory
-        return entries
+        return [*(self._statement("reading", sqlite_file.entries) or []), *self._memory]
 
     def remove(self, entry: Entry) -> None:
         """The broker acknowledged this message (PUBACK): it is no longer ours to keep.
@@ -312,13 +307,8 @@ class Outbox:
         numbers its rows again, and a late PUBACK must remove only the message it acknowledges.
         """
         self._memory.remove_key(entry.key)
-        if self._db is None:
-            return
-        try:
-            sqlite_file.delete(self._db, entry.key)
+        if self._statement("deleting", sqlite_file.delete, entry.key) is not None:
             self._dirty = True
-        except sqlite3.Error as exc:
-            self._failed("deleting", exc)
 
     def check(self) -> bool:
         """Periodic maintenance: is the file at our path still the one we write, and sound?
@@ -361,13 +351,7 @@ class Outbox:
             self._failed("scrubbing", exc)
 
     def count(self) -> int:
-        disk = 0
-        if self._db is not None:
-            try:
-                disk = int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
-            except sqlite3.Error as exc:
-                self._failed("counting", exc)
-        return disk + len(self._memory)
+        return (self._statement("counting", sqlite_file.count) or 0) + len(self._memory)
 
     def oldest_age_s(self) -> float | None:
         """How long the oldest undelivered message has waited (None: none, or no clock can
@@ -443,28 +427,31 @@ class Outbox:
         """The incident is over: forget it (it holds no personal data, only ids and times)."""
         if self._incident is not None and self._incident.incident_id == incident_id:
             self._incident = None
-        if self._db is None:
-            return
-        try:
-            self._db.execute("DELETE FROM incidents WHERE incident_id=?", (incident_id,))
-        except sqlite3.Error as exc:
-            self._failed("closing the incident", exc)
+        self._statement("closing the incident", sqlite_file.delete_incident, incident_id)
 
     def open_incident(self) -> StoredIncident | None:
         """The incident open when the agent last stopped (or now), if any."""
         return self._incident
 
     def _write_incident(self, incident: StoredIncident) -> None:
-        if self._db is None:
-            return
-        try:
-            sqlite_file.write_incident(self._db, incident)
-        except sqlite3.Error as exc:
-            self._failed("saving the incident", exc)
+        self._statement("saving the incident", sqlite_file.write_incident, incident)
 
     def _read_incident(self) -> StoredIncident | None:
+        return self._statement("reading incidents", sqlite_file.read_incident)
+
+    def _statement(
+        self,
+        what: str,
+        statement: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T | None:
+        """``statement(db, *args)`` on the open file; None without one or when it fails (the
+        failure reported and handled once, by :meth:`_failed`)."""
+        if self._db is None:
+            return None
         try:
-            return sqlite_file.read_incident(self.db)
+            return statement(self._db, *args, **kwargs)
         except sqlite3.Error as exc:
-            self._failed("reading incidents", exc)
+            self._failed(what, exc)
             return None

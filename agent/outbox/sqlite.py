@@ -332,8 +332,10 @@ def entries(db: sqlite3.Connection) -> list[Entry]:
     return [message(row) for row in db.execute(f"SELECT {COLUMNS} FROM messages ORDER BY id")]
 
 
-def delete(db: sqlite3.Connection, key: tuple[str, str, int]) -> None:
+def delete(db: sqlite3.Connection, key: tuple[str, str, int]) -> bool:
+    """Delete the message with ``key``; True (deleted or not there): the WAL needs a scrub."""
     db.execute("DELETE FROM messages WHERE kind=? AND incident_id=? AND sequence=?", key)
+    return True
 
 
 _AGED = (("messages", "id", "created_at"), ("incidents", "incident_id", "opened_at"))
@@ -379,3 +381,11 @@ def oldest(db: sqlite3.Connection) -> Stamp | None:
         "SELECT created_at, trusted, boot_id, boot_s FROM messages ORDER BY id LIMIT 1"
     ).fetchone()
     return None if row is None else Stamp(float(row[0]), bool(row[1]), str(row[2]), float(row[3]))
+
+
+def count(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+
+def delete_incident(db: sqlite3.Connection, incident_id: str) -> None:
+    db.execute("DELETE FROM incidents WHERE incident_id=?", (incident_id,))
