@@ -61,7 +61,7 @@ powercut-outbox-selftest: $(STAMP)
 	POWERCUT_FAULT=$${POWERCUT_FAULT:-sync-off} $(BIN)/python hil/powercut.py --expect-failure
 
 # Benchmarks (issue 8): in-process on the virtual bus, then vcan0 under UML; prints a table,
-# writes bench/results/. About 9 minutes on 2 cores; BENCH_ARGS=--quick for a 2-minute smoke.
+# writes bench/results/. About 14 minutes on 2 cores (links included); BENCH_ARGS=--quick for a 4-minute smoke.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
