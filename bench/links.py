@@ -220,8 +220,13 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", help="one condition by name, e.g. '200 ms, 20%% loss'")
+    parser.add_argument(
+        "--publish-timeout", type=float, help="the agent's mqtt.publish_timeout_s (default 3)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    if args.publish_timeout is not None:
+        OVERRIDES["mqtt.publish_timeout_s"] = str(args.publish_timeout)
     results = asyncio.run(run(args.calls, args.seed, args.only))
     write_json(args.out, results)
     print("\n".join(rows(results)))
