@@ -33,15 +33,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HIL_DIR = Path(__file__).resolve().parent
 REPO = HIL_DIR.parent
+sys.path.insert(0, str(HIL_DIR))
+from powercut import IMAGE_MB, fresh_image  # noqa: E402  (the same image as the outbox run)
+
 MOUNT = "/run/state"
-IMAGE_MB = 64
 BOOT_TIMEOUT_S = 240.0
 POLL_S = 0.002
 
@@ -169,13 +170,7 @@ def main(argv: list[str]) -> int:
     fault = os.environ.get("POWERCUT_FAULT", "")
     keep = os.environ.get("POWERCUT_KEEP", "0") == "1"
     rng = random.Random(seed)
-    cache = Path(os.environ.get("HIL_CACHE", REPO / ".cache" / "uml"))
-    cache.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="powercut-e2e.", dir=cache))
-    image = workdir / "state.ext4"
-    with open(image, "wb") as fh:
-        fh.truncate(IMAGE_MB * 1024 * 1024)
-    subprocess.run(["mkfs.ext4", "-F", "-q", "-b", "4096", str(image)], check=True)
+    workdir, image = fresh_image("powercut-e2e.")
     env_extra = {}
     if fault == "nosync":
         env_extra["POWERCUT_NOSYNC_LIB"] = str(build_nosync(workdir))

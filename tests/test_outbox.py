@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sqlite3
@@ -11,10 +10,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from peers import fill, tmpfs
 
 from agent.core.wallclock import Stamp
 from agent.outbox import FILENAME, Entry, Limits, Outbox
@@ -133,32 +131,8 @@ def test_retention_purges_old_messages(tmp_path: Path) -> None:
         assert box.open_incident() is None
 
 
-@contextlib.contextmanager
-def small_tmpfs(mnt: Path, size: str) -> Iterator[Path]:
-    """A real, tiny filesystem (as root; elsewhere these tests cannot mount)."""
-    mnt.mkdir()
-    if (
-        os.geteuid() != 0
-        or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=False
-        ).returncode
-    ):
-        pytest.skip("needs root and mount(8) for a real full filesystem")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(mnt: Path) -> None:
-    with contextlib.suppress(OSError), (mnt / "filler").open("wb") as f:
-        while True:
-            f.write(b"\0" * 4096)
-            f.flush()
-
-
 def test_a_filesystem_that_fills_up_while_running_keeps_every_call(tmp_path: Path) -> None:
-    with small_tmpfs(tmp_path / "mnt", "512k") as mnt:
+    with tmpfs(tmp_path / "mnt", "512k") as mnt:
         box = Outbox(mnt).open()
         try:
             stored = box.add("request", ID1, 1, T, b"on disk")
@@ -208,22 +182,8 @@ def test_unusable_state_directory_runs_from_memory_then_moves_to_disk(tmp_path: 
 
 
 def test_full_disk_at_start_is_not_mistaken_for_corruption(tmp_path: Path) -> None:
-    # A real full filesystem: a tiny tmpfs (as root; elsewhere this test cannot mount).
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if (
-        os.geteuid() != 0
-        or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)], check=False
-        ).returncode
-    ):
-        pytest.skip("needs root and mount(8) for a real full filesystem")
-    try:
-        (mnt / "filler").write_bytes(b"")
-        with contextlib.suppress(OSError), (mnt / "filler").open("wb") as f:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
+    with tmpfs(tmp_path / "mnt", "16k") as mnt:  # a real full filesystem
+        fill(mnt)
         box = Outbox(mnt).open()
         assert box.storage == "memory"
         box.add("request", ID1, 1, T, b"call")
@@ -231,8 +191,6 @@ def test_full_disk_at_start_is_not_mistaken_for_corruption(tmp_path: Path) -> No
         assert "replaced_corrupt" not in box.counters
         assert not list(mnt.glob("*.corrupt-*"))
         box.close()
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_damaged_file_rescues_readable_messages(tmp_path: Path) -> None:
