@@ -161,8 +161,7 @@ async def run(base: Path, run_no: int, emit: Report, expect: list[str], final: b
         stack.callback(bus.shutdown)
         ecu_bus = open_bus("socketcan", CHANNEL, 500_000, [REQUEST_ID])
         stack.callback(ecu_bus.shutdown)
-        led = LedObserver(bus).start()
-        stack.callback(led.stop)
+        led = await stack.enter_async_context(LedObserver(bus))
         await stack.enter_async_context(SimulatedEcu(ecu_bus, vin=VIN))
         car = await stack.enter_async_context(SimulatedCar(bus))
         config = work / "agent.toml"
