@@ -48,7 +48,6 @@ from pathlib import Path
 
 from powercut_writer import Report, mount_of
 
-from agent.core.frames import LedMode
 from agent.inputs.can_bus import open_bus
 from agent.inputs.uds import REQUEST_ID
 from hw_sim.backend import SimulatedBackend
@@ -56,6 +55,7 @@ from hw_sim.car import LedObserver, SimulatedCar, open_sim_bus
 from hw_sim.ecu import SimulatedEcu
 from hw_sim.gpsd import FakeGpsd
 from hw_sim.link import Link
+from hw_sim.matrix import LedMode
 from hw_sim.mosquitto import Mosquitto
 from hw_sim.scenario import VIN, config_text
 
