@@ -242,6 +242,11 @@ class SimMatrix:
             if {int(code): str(name) for code, name in found.items()} != names:
                 raise ValueError(f"{dbc}: the value table of {signal} differs from SPEC §2")
 
+    def cycle_s(self, frame_id: int) -> float | None:
+        """The frame's period from the DBC's ``GenMsgCycleTime`` (None: sent on change only)."""
+        cycle_ms = self.messages[frame_id].cycle_time
+        return None if not cycle_ms else cycle_ms / 1000
+
     # -- building frames --------------------------------------------------------------------
 
     def encode_signals(
