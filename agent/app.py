@@ -15,7 +15,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from agent import __version__, sdnotify
@@ -39,6 +39,7 @@ from agent.observer import CallRecord, Observer, Unobserved
 from agent.outbox import Entry, Outbox
 from agent.presenter import Counted, Presenter, Sources
 from agent.uplink import Uplink
+from agent.wallclock import SystemClock
 
 log = logging.getLogger("agent")
 
@@ -60,7 +61,9 @@ class Agent:
         observer: Observer | None = None,
     ) -> None:
         self.config = config
-        self._now_utc = now_utc or (lambda: datetime.now(UTC))
+        # the wall clock: the system's when trusted, else GPS time (agent.core.wallclock)
+        self.clock = SystemClock(flag=config.clock.synchronized_file, on_step=self._clock_stepped)
+        self._now_utc = now_utc or self.clock.now_utc
         self._observer: Observer = observer or Unobserved()
         self.button = ButtonTracker(config.button.hold_ms / 1000)
         self._button = ButtonClock(self.button, self._button_events)
@@ -70,8 +73,10 @@ class Agent:
         )
         self.policy = CallPolicy(self.incidents, config.mqtt.ack_timeout_s)
         self.location = LocationTracker()
-        self.outbox = Outbox(config.state_dir, config.outbox_limits)
-        self.continuity = Continuity(self.outbox, self.incidents, self.policy)
+        self.outbox = Outbox(config.state_dir, config.outbox_limits, clock=self.clock.stamp)
+        self.continuity = Continuity(
+            self.outbox, self.incidents, self.policy, lambda: self._now_utc().timestamp()
+        )
         self.source = config.button.source
         self.car = VehicleBus(
             config.can,
@@ -82,7 +87,9 @@ class Agent:
         )
         self._own_geocoder = geocoder is None  # made here, so closed here
         self.assembler = Assembler(config, self.car, self.location, geocoder or Geocoder(DATA_FILE))
-        self.uplink = Uplink(config.mqtt, self.car.vin, self.outbox, self, self._status)
+        self.uplink = Uplink(
+            config.mqtt, self.car.vin, self.outbox, self, self._status, clock=self.clock.reading
+        )
         self.serial: SerialButtonInput | None = None
         leds: list[Callable[[LedMode], object]] = [self.car.send_led]
         if self.source == "serial":
@@ -98,15 +105,23 @@ class Agent:
         self.counters: dict[str, int] = {}
         self.gps = GpsdSource(config.gpsd.host, config.gpsd.port, self)
         counted: dict[str, list[Counted]] = {
-            "": [self, self.car, self.assembler, self.car.can, self.uplink],
+            "": [self, self.car, self.assembler, self.car.can, self.uplink, self.clock],
             "outbox_": [self.outbox],
             "uds_": [self.car.uds],
             "gps_": [self.gps],
             "serial_": [self.serial] if self.serial is not None else [],
         }
-        since = rfc3339_ms(self._now_utc())
+        self._started = time.monotonic()
+        self._since: tuple[str, str] | None = None  # (clock source, since) as last derived
         parts = Sources(
-            since, self.button, self.location, self.car.can, self.incidents, self.outbox, counted
+            self._since_text,
+            self.button,
+            self.location,
+            self.car.can,
+            self.incidents,
+            self.outbox,
+            counted,
+            lambda: self.clock.source,
         )
         self.presenter = Presenter(
             parts, leds, self.uplink.publish_status, lambda: self.uplink.connected
@@ -255,6 +270,8 @@ class Agent:
     # -- gpsd events (FixSink): the tracker keeps the positions, we watch its state ---------
 
     def on_fix(self, fix: Fix) -> None:
+        if fix.time is not None:  # the GPS clock, for while the system clock is wrong
+            self.clock.on_gps_time(fix.time, fix.received)
         self._gps_event(self.location.on_fix, fix)
 
     def on_no_fix(self, now: float) -> None:
@@ -374,3 +391,25 @@ class Agent:
 
     def _status(self, state: str) -> dict[str, Any]:
         return self.presenter.status(state)
+
+    # -- the wall clock ---------------------------------------------------------------------
+
+    def _since_text(self) -> str:
+        """When the agent started, by the wall clock in use: derived again when it changes."""
+        source = self.clock.source
+        if self._since is None or self._since[0] != source:
+            started = self._now_utc() - timedelta(seconds=time.monotonic() - self._started)
+            self._since = (source, rfc3339_ms(started))
+        return self._since[1]
+
+    def _clock_stepped(self, step: float) -> None:
+        """The system clock was set (NTP, GPS via chrony, by hand): date what the outbox holds
+        by it now (agent.core.wallclock.settle) and show the status; never from inside the
+        clock read that noticed it."""
+        if self._loop is not None:
+            self._loop.call_soon(self._after_step)
+
+    def _after_step(self) -> None:
+        if self.outbox.is_open:
+            self.outbox.purge_expired()
+        self._refresh()

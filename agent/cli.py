@@ -15,7 +15,8 @@ from agent import __version__, config
 from agent.config import Config, effective
 from agent.errors import AgentError, ConfigError
 from agent.privacy import config_file_warnings
-from agent.tls import CertificateTimeError, check_tls_files
+from agent.tls import CLOCK_HINT, CertificateTimeError, check_tls_files
+from agent.wallclock import SystemClock
 
 log = logging.getLogger("agent")
 
@@ -106,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 except CertificateTimeError as exc:
                     # The clock may be unset (no RTC, no NTP yet): start anyway, calls queue.
-                    log.warning("%s", exc)
+                    trusted = SystemClock(flag=cfg.clock.synchronized_file).source == "system"
+                    hint = "" if trusted else f"; the system clock is not trusted: {CLOCK_HINT}"
+                    log.warning("%s%s", exc, hint)
             return asyncio.run(_run(cfg))
     except ConfigError as exc:
         print(f"connect-agent: configuration error: {exc}", file=sys.stderr)

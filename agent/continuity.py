@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 from agent.core.clock import rfc3339_ms
@@ -21,10 +22,17 @@ log = logging.getLogger("agent")
 
 
 class Continuity:
-    def __init__(self, outbox: Outbox, incidents: IncidentController, policy: CallPolicy) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        incidents: IncidentController,
+        policy: CallPolicy,
+        wall_now: Callable[[], float] = time.time,
+    ) -> None:
         self.outbox = outbox
         self.incidents = incidents
         self.policy = policy
+        self._wall_now = wall_now  # the agent's wall clock (GPS time while the system's is wrong)
 
     def save(self) -> None:
         """What a restart needs: the sequences, the ack, and the request until it is acked."""
@@ -62,7 +70,7 @@ class Continuity:
             acked=stored.acked,
             undelivered_wall=queued,
             now=now,
-            wall_now=time.time(),
+            wall_now=self._wall_now(),
         )
         self.incidents.restore(incident)
         repeat: SendRequest | None = None

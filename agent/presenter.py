@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,13 +36,14 @@ class Counted(Protocol):
 class Sources:
     """What the status is derived from; ``counted`` maps a prefix ("" for none) to parts."""
 
-    since: str
+    since: Callable[[], str]
     button: ButtonTracker
     location: LocationTracker
     can: CanInput
     incidents: IncidentController
     outbox: Outbox
     counted: Mapping[str, list[Counted]]
+    clock: Callable[[], str]  # the wall clock in use: "system" | "gps" | "unsynced"
 
 
 class Presenter:
@@ -64,22 +64,23 @@ class Presenter:
     def status(self, state: str) -> dict[str, Any]:
         parts = self.sources
         incident = parts.incidents.incident
-        oldest = parts.outbox.oldest_created_at() if parts.outbox.is_open else None
+        oldest = parts.outbox.oldest_age_s() if parts.outbox.is_open else None
         counters: dict[str, int] = {}
         for prefix, counted in parts.counted.items():
             for part in counted:
                 counters.update({prefix + k: v for k, v in part.counters.items()})
         return build_status(
             state,
-            since=parts.since,
+            since=parts.since(),
             version=__version__,
             button=parts.button.health,
             gps=parts.location.gps_state,
             can=parts.can.state,
             open_incident=incident.incident_id if incident else None,
             outbox_pending=parts.outbox.count() if parts.outbox.is_open else 0,
-            oldest_pending_s=None if oldest is None else time.time() - oldest,
+            oldest_pending_s=oldest,
             storage=parts.outbox.storage,
+            clock=parts.clock(),
             counters=counters,
         )
 
@@ -90,7 +91,9 @@ class Presenter:
         pending = parts.outbox.count() if parts.outbox.is_open else 0
         gps = parts.location.gps_state
         memory = ", outbox in memory" if parts.outbox.storage == "memory" else ""
-        return f"CAN {parts.can.state}, MQTT {mqtt}, GPS {gps}, {pending} pending{memory}"
+        clock = parts.clock()
+        clock = "" if clock == "system" else f", clock {clock}"
+        return f"CAN {parts.can.state}, MQTT {mqtt}, GPS {gps}, {pending} pending{memory}{clock}"
 
     def show(self, mode: LedMode) -> None:
         if mode == self.led_mode:

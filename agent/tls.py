@@ -25,15 +25,40 @@ import ssl
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from agent.errors import ConfigError, UplinkError
 
 __all__ = [
+    "CLOCK_HINT",
     "CertificateTimeError",
+    "ResumingContext",
+    "certificate_time_failure",
     "certificate_validity",
     "check_tls_files",
     "client_context",
 ]
+
+
+# OpenSSL's verify results that are about time, not about the certificate chain: with a wrong
+# system clock (a board without RTC before NTP or GPS set it) a good certificate fails so.
+_TIME_VERIFY_CODES = {9: "is not yet valid", 10: "has expired"}  # X509_V_ERR_CERT_NOT_YET_VALID,
+# X509_V_ERR_CERT_HAS_EXPIRED
+CLOCK_HINT = (
+    "set the board's clock from gpsd with chrony (docs/deploy.md, 'The clock'), or wait "
+    "for NTP; the agent retries and queues calls meanwhile"
+)
+
+
+def certificate_time_failure(exc: BaseException) -> str | None:
+    """ "is not yet valid" / "has expired" when our side refused the broker's certificate on
+    its dates (the chain of causes is searched), else None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return _TIME_VERIFY_CODES.get(seen.verify_code)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class CertificateTimeError(ConfigError):
@@ -251,7 +276,23 @@ def check_tls_files(
         ) from exc
 
 
-def client_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
+class ResumingContext(ssl.SSLContext):
+    """A client context that offers the last session it was given, so that a reconnection
+    can resume it (one round trip fewer, no certificate exchange) where the broker allows.
+
+    paho wraps each new socket itself; this passes ``session`` on. A session belongs to the
+    context that made it, so the uplink keeps one context while the files are unchanged.
+    """
+
+    session: ssl.SSLSession | None = None
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        if self.session is not None and "session" not in kwargs:
+            kwargs["session"] = self.session
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def client_context(ca: Path | None, cert: Path | None, key: Path | None) -> ResumingContext:
     """The uplink's TLS context: TLS 1.2+, ``CERT_REQUIRED``, host name checked, our cert.
 
     ``ca`` ``None`` trusts the system's CA store; ``cert`` ``None`` presents no client
@@ -260,9 +301,11 @@ def client_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.
     restart, and a broken one is retried with backoff rather than crashing the agent.
     """
     try:
-        context = ssl.create_default_context(
-            ssl.Purpose.SERVER_AUTH, cafile=None if ca is None else str(ca)
-        )
+        context = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)  # as create_default_context makes it
+        if ca is None:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        else:
+            context.load_verify_locations(cafile=str(ca))
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.check_hostname = True
         context.verify_mode = ssl.CERT_REQUIRED

@@ -30,10 +30,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.backoff import backoff_delays
 from agent.config import MqttConfig
-from agent.errors import ConfigError, UplinkError
+from agent.core.wallclock import Reading
+from agent.errors import UplinkError
 from agent.outbox import Entry, Outbox
 from agent.paho_loop import PahoOnLoop
-from agent.tls import client_context
+from agent.uplink_tls import UplinkTls
 
 log = logging.getLogger("agent.uplink")
 
@@ -61,14 +62,6 @@ class Topics:
         return topic
 
 
-def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
-    """Mutual TLS, 1.2 or later, with hostname verification."""
-    try:
-        return client_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
-    except (OSError, ssl.SSLError, ConfigError) as exc:
-        raise UplinkError(f"cannot set up TLS from the configured files: {exc}") from exc
-
-
 class Uplink:
     def __init__(
         self,
@@ -79,6 +72,7 @@ class Uplink:
         status: Callable[[str], dict[str, Any]],
         *,
         rng: random.Random | None = None,
+        clock: Callable[[], Reading] | None = None,
     ) -> None:
         self.cfg = cfg
         self.publish_timeout_s = cfg.publish_timeout_s  # no PUBACK by then: the path is dead
@@ -106,6 +100,7 @@ class Uplink:
         self.connects = 0
         self.attempts = 0
         self.counters: dict[str, int] = {}
+        self._tls = UplinkTls(cfg, self.counters, clock)
 
     @property
     def connected(self) -> bool:
@@ -190,7 +185,8 @@ class Uplink:
                     failures = 0
                 except (OSError, UplinkError, TimeoutError, ssl.SSLError) as exc:
                     failures += 1
-                    if failures == 1 or failures % 20 == 0:  # once an outage, then now and then
+                    blamed = self._tls.clock_problem(exc, failures)  # logged there if so
+                    if not blamed and (failures == 1 or failures % 20 == 0):  # now and then
                         log.warning(
                             "MQTT %s:%d unavailable (%d attempt(s)): %s",
                             self.cfg.host,
@@ -260,7 +256,7 @@ class Uplink:
             properties=self._json_properties(PacketTypes.WILLMESSAGE),
         )
         if self.cfg.tls:
-            client.tls_set_context(tls_context(self.cfg))
+            client.tls_set_context(self._tls.context())
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -358,6 +354,7 @@ class Uplink:
         if reason.is_failure:
             self._connack.set_exception(UplinkError(f"broker refused the connection: {reason}"))
         else:
+            self._tls.connected(client)
             self._connack.set_result(bool(flags.session_present))
 
     def _on_disconnect(

@@ -9,6 +9,8 @@
 3. ``bench.driver_uml`` through ``hil/run-in-uml.sh``: SocketCAN vcan0 on a UML kernel (one
    CPU), the agent, car, bus load, broker, gpsd and subscriber in separate processes; latency,
    bus load, idle CPU, VmRSS over 1,000 calls, start-up, the MQTT floor there.
+4. ``bench.links``: hold threshold -> backend through a simulated link (frozen; 100, 200,
+   500 ms one way with 0, 5, 20 % loss) beside the floors measured through the same link.
 
 Each step runs in a fresh process; the results go to ``bench/results/latest.json`` and, for a
 full run, ``bench/results/<date>-<host>.json``. ``--quick`` is a smoke run (about 2 minutes):
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import PYTHON, REPO, machine, write_json
+from bench.links import rows as link_rows
 
 RESULTS = REPO / "bench" / "results"
 WORK = REPO / ".cache" / "bench"
@@ -38,6 +41,7 @@ FULL = {
     "inprocess": ["--calls", "200", "--load-calls", "200", "--idle-s", "30", "--scenario"],
     "startup": ["--runs", "5"],
     "uml": ["--calls", "200", "--load-calls", "200", "--total-calls", "1000", "--idle-s", "30"],
+    "links": ["--calls", "10"],
 }
 QUICK = {
     "inprocess": ["--calls", "30", "--load-calls", "30", "--idle-s", "5", "--floor", "100"],
@@ -46,6 +50,7 @@ QUICK = {
         *("--calls", "30", "--load-calls", "30", "--total-calls", "150"),
         *("--idle-s", "5", "--floor", "100"),
     ],
+    "links": ["--calls", "3"],
 }
 
 
@@ -283,6 +288,15 @@ def table(res: dict[str, Any]) -> str:
                 f"  idle CPU, {label}, {idle['seconds']:.0f} s of cyclic traffic only:  "
                 f"{idle['agent_cpu_pct']} % (machine busy {idle['machine_busy_pct']} %)"
             )
+    links = res.get("links", {})
+    if links:
+        lines += ["", "5. Links: hold threshold -> request at the backend, through hw_sim.link to"]
+        lines += ["   Mosquitto; floors measured through the same link (paho, QoS 1)"]
+        lines += (
+            ["  " + row for row in link_rows(links)]
+            if "error" not in links
+            else [f"  (not measured: {links['error']})"]
+        )
     lines += ["", "Targets"]
     for t in res["targets"]:
         mark = "-" if t["met"] is None else ("met" if t["met"] else "MISSED")
@@ -343,6 +357,11 @@ def main() -> int:
             ],
             WORK / "uml.json",
         )
+    res["links"] = step(
+        "links",
+        [PYTHON, "-m", "bench.links", "--out", str(WORK / "links.json"), *plan["links"]],
+        WORK / "links.json",
+    )
     res["wall_s"] = round(time.monotonic() - t0, 1)
     res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     res["targets"] = targets(res)
@@ -355,7 +374,7 @@ def main() -> int:
         print(f"\nwritten: {args.results / 'latest.json'}, {args.results / name}")
     else:
         print(f"\nwritten: {args.results / 'latest.json'}")
-    failed = [k for k in ("inprocess", "startup", "uml") if "error" in res.get(k, {})]
+    failed = [k for k in ("inprocess", "startup", "uml", "links") if "error" in res.get(k, {})]
     return 1 if failed else 0
 
 

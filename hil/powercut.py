@@ -239,6 +239,18 @@ def cut_in(lines: list[str]) -> str:
     return "-"
 
 
+def fresh_image(prefix: str) -> tuple[Path, Path]:
+    """A work directory in the UML cache and an empty ext4 image of IMAGE_MB in it."""
+    cache = Path(os.environ.get("HIL_CACHE", REPO / ".cache" / "uml"))
+    cache.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=cache))
+    image = workdir / "state.ext4"
+    with open(image, "wb") as fh:
+        fh.truncate(IMAGE_MB * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-F", "-q", "-b", "4096", str(image)], check=True)
+    return workdir, image
+
+
 def main(argv: list[str]) -> int:
     expect_failure = "--expect-failure" in argv
     seed = int(os.environ.get("POWERCUT_SEED", "1"))
@@ -247,13 +259,7 @@ def main(argv: list[str]) -> int:
     fault = os.environ.get("POWERCUT_FAULT", "")
     keep = os.environ.get("POWERCUT_KEEP", "0") == "1"
     rng = random.Random(seed)
-    cache = Path(os.environ.get("HIL_CACHE", REPO / ".cache" / "uml"))
-    cache.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="powercut.", dir=cache))
-    image = workdir / "state.ext4"
-    with open(image, "wb") as fh:
-        fh.truncate(IMAGE_MB * 1024 * 1024)
-    subprocess.run(["mkfs.ext4", "-F", "-q", "-b", "4096", str(image)], check=True)
+    workdir, image = fresh_image("powercut.")
     print(
         f"powercut: seed {seed}, {runs} runs, cut 0-{window_ms:.0f} ms after READY, "
         f"{IMAGE_MB} MiB ext4 on ubd0, fault {fault or 'none'}",

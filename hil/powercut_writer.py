@@ -86,6 +86,7 @@ class Report:
     """The hostfs log: one write(2) and one fsync(2) per line, before the next step starts."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def __call__(self, line: str) -> None:

@@ -1,9 +1,11 @@
 """A whole installation in a child process, for the crash tests: ``python fault_child.py
 DIR MQTT_PORT GPSD_PORT press|resume``.
 
-``press``: hold CONNECT 2.2 s, print ``STORED <incident_id>`` once the call is on disk, then
-keep running (the parent SIGKILLs it). ``resume``: just run the agent (the parent watches the
-backend, then sends SIGTERM).
+``press``: once gpsd gave a fix, hold CONNECT 2.2 s, print ``STORED <incident_id>`` once the
+call is on disk, then keep running (the parent SIGKILLs or SIGTERMs it), printing
+``STEPPED <messages pending>`` each time the agent has seen a step of the system clock and
+dealt with it (tests/clockshift.py makes one). ``resume``: just run the agent (the parent
+watches the backend, then sends SIGTERM).
 """
 
 from __future__ import annotations
@@ -35,12 +37,28 @@ async def main(directory: Path, mqtt_port: int, gpsd_port: int, mode: str) -> No
             await agent.started.wait()
             await agent.wait_until(lambda: agent.can.state == "ok", 10)  # listening on CAN
             print("RUNNING", flush=True)
+            reporter = None
             if mode == "press":
+                await agent.wait_gps_fix(10)
                 await car.hold(2200)  # the call is stored at the 2 s threshold, before release
                 print(f"STORED {agent.calls[0].incident_id}", flush=True)
+                reporter = asyncio.create_task(report_steps(agent), name="report-steps")
             await stop.wait()
+            if reporter is not None:
+                reporter.cancel()
     finally:
         bus.shutdown()
+
+
+async def report_steps(agent: Agent) -> None:
+    def steps() -> int:
+        return agent.clock.counters.get("clock_steps", 0)
+
+    while True:
+        seen = steps()
+        await agent.wait_until(lambda: steps() > seen, 3600)  # noqa: B023 - seen is this turn's
+        # the step's handling (call_soon) ran before this task was woken
+        print(f"STEPPED {agent.outbox.count()}", flush=True)
 
 
 if __name__ == "__main__":

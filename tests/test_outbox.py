@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sqlite3
@@ -11,11 +10,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from peers import fill, tmpfs
 
+from agent.core.wallclock import Stamp
 from agent.outbox import FILENAME, Entry, Limits, Outbox
 
 T = "assistance/v1/VIN/request"
@@ -24,11 +23,13 @@ ID2 = "22222222-2222-4222-8222-222222222222"
 
 
 class Clock:
+    """A trusted wall clock and the boot clock, moving together, in one boot."""
+
     def __init__(self) -> None:
         self.now = 1_800_000_000.0
 
-    def __call__(self) -> float:
-        return self.now
+    def __call__(self) -> Stamp:
+        return Stamp(self.now, True, "boot-1", self.now - 1_700_000_000.0)
 
 
 def test_messages_survive_a_restart_in_order_with_their_ids(tmp_path: Path) -> None:
@@ -130,32 +131,8 @@ def test_retention_purges_old_messages(tmp_path: Path) -> None:
         assert box.open_incident() is None
 
 
-@contextlib.contextmanager
-def small_tmpfs(mnt: Path, size: str) -> Iterator[Path]:
-    """A real, tiny filesystem (as root; elsewhere these tests cannot mount)."""
-    mnt.mkdir()
-    if (
-        os.geteuid() != 0
-        or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=False
-        ).returncode
-    ):
-        pytest.skip("needs root and mount(8) for a real full filesystem")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(mnt: Path) -> None:
-    with contextlib.suppress(OSError), (mnt / "filler").open("wb") as f:
-        while True:
-            f.write(b"\0" * 4096)
-            f.flush()
-
-
 def test_a_filesystem_that_fills_up_while_running_keeps_every_call(tmp_path: Path) -> None:
-    with small_tmpfs(tmp_path / "mnt", "512k") as mnt:
+    with tmpfs(tmp_path / "mnt", "512k") as mnt:
         box = Outbox(mnt).open()
         try:
             stored = box.add("request", ID1, 1, T, b"on disk")
@@ -205,22 +182,8 @@ def test_unusable_state_directory_runs_from_memory_then_moves_to_disk(tmp_path: 
 
 
 def test_full_disk_at_start_is_not_mistaken_for_corruption(tmp_path: Path) -> None:
-    # A real full filesystem: a tiny tmpfs (as root; elsewhere this test cannot mount).
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if (
-        os.geteuid() != 0
-        or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)], check=False
-        ).returncode
-    ):
-        pytest.skip("needs root and mount(8) for a real full filesystem")
-    try:
-        (mnt / "filler").write_bytes(b"")
-        with contextlib.suppress(OSError), (mnt / "filler").open("wb") as f:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
+    with tmpfs(tmp_path / "mnt", "16k") as mnt:  # a real full filesystem
+        fill(mnt)
         box = Outbox(mnt).open()
         assert box.storage == "memory"
         box.add("request", ID1, 1, T, b"call")
@@ -228,8 +191,6 @@ def test_full_disk_at_start_is_not_mistaken_for_corruption(tmp_path: Path) -> No
         assert "replaced_corrupt" not in box.counters
         assert not list(mnt.glob("*.corrupt-*"))
         box.close()
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_damaged_file_rescues_readable_messages(tmp_path: Path) -> None:
@@ -393,3 +354,67 @@ def test_a_state_directory_of_mode_000_runs_from_memory_for_the_service_user(
     finally:
         (base / "state").chmod(0o700)
         shutil.rmtree(base)
+
+
+class BoardClock:
+    """The clocks of a board without RTC: a wall clock that can be wrong and jump, the boot
+    clock that runs on, and the boot id."""
+
+    def __init__(self) -> None:
+        self.wall = 978_307_200.0  # 2001-01-01: not trusted
+        self.trusted = False
+        self.boot = "boot-1"
+        self.boot_s = 30.0
+
+    def __call__(self) -> Stamp:
+        return Stamp(self.wall, self.trusted, self.boot, self.boot_s)
+
+    def run(self, seconds: float) -> None:
+        self.wall += seconds
+        self.boot_s += seconds
+
+
+TEN_YEARS = 10 * 365.25 * 86400
+
+
+def test_a_jump_of_the_wall_clock_never_purges_a_pending_call(tmp_path: Path) -> None:
+    clock = BoardClock()
+    with Outbox(tmp_path, Limits(retention_s=86400), clock=clock) as box:
+        box.add("request", ID1, 1, T, b"the call")
+        box.save_incident(ID1, 1, clock.wall, False)
+        clock.run(60)
+        clock.wall += TEN_YEARS  # NTP or GPS steps the clock
+        assert box.purge_expired() == 0
+        clock.trusted = True
+        assert box.purge_expired() == 0
+        assert [e.incident_id for e in box.pending()] == [ID1]
+        assert box.open_incident() is not None
+        age = box.oldest_age_s()
+        assert age is not None and 59 < age < 61
+        clock.wall -= 2 * TEN_YEARS  # and back: the age is the boot clock's
+        assert box.purge_expired() == 0
+        clock.run(86400)  # retention still purges what is truly old
+        assert box.purge_expired() == 1
+        assert box.open_incident() is None
+
+
+def test_across_a_reboot_only_trusted_clocks_date_a_row(tmp_path: Path) -> None:
+    clock = BoardClock()
+    clock.wall, clock.trusted = 1_800_000_000.0, True
+    with Outbox(tmp_path, Limits(retention_s=86400), clock=clock) as box:
+        box.add("request", ID1, 1, T, b"stamped by a trusted clock")
+    clock.trusted, clock.wall = False, 1_800_000_000.0
+    clock.boot, clock.boot_s = "boot-2", 10.0
+    clock.wall += TEN_YEARS
+    with Outbox(tmp_path, Limits(retention_s=86400), clock=clock) as box:  # untrusted: kept
+        box.add("request", ID2, 1, T, b"stamped by an untrusted clock")
+        assert box.count() == 2
+    clock.boot, clock.boot_s = "boot-3", 10.0
+    clock.wall, clock.trusted = 1_800_000_000.0 + 2 * 86400, True
+    with Outbox(tmp_path, Limits(retention_s=86400), clock=clock) as box:
+        # the trusted row is two days old: gone; the other's age is unknown: kept, from now
+        assert [e.incident_id for e in box.pending()] == [ID2]
+        clock.run(86400 - 60)
+        assert box.purge_expired() == 0
+        clock.run(120)
+        assert box.purge_expired() == 1

@@ -6,13 +6,11 @@ that cannot be a directory, a real tmpfs mounted and filled, a real remount read
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from peers import ext4_on_loop, fill, tmpfs
 
 from agent.core.frames import LedMode
 from hw_sim.gpsd import FakeGpsd
@@ -20,32 +18,6 @@ from hw_sim.mosquitto import Mosquitto
 from hw_sim.scenario import VIN, Scenario
 
 pytestmark = pytest.mark.asyncio
-
-
-@contextlib.contextmanager
-def tmpfs(directory: Path, size: str = "64k") -> Iterator[Path]:
-    """A real, tiny filesystem of its own (root and mount(8) needed, as in CI)."""
-    directory.mkdir()
-    mounted = (
-        os.geteuid() == 0
-        and not subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)],
-            check=False,
-        ).returncode
-    )
-    if not mounted:
-        pytest.skip("needs root and mount(8) for a real filesystem")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], check=False)
-
-
-def fill(directory: Path) -> None:
-    with contextlib.suppress(OSError), (directory / "filler").open("wb") as f:
-        while True:
-            f.write(b"\0" * 4096)
-            f.flush()
 
 
 async def call_gets_through(sim: Scenario) -> None:
@@ -69,7 +41,7 @@ async def test_a_state_path_that_cannot_be_a_directory_runs_from_memory(
 async def test_a_full_state_filesystem_at_start_runs_from_memory(
     tmp_path: Path, mosquitto: Mosquitto, fake_gpsd: FakeGpsd
 ) -> None:
-    with tmpfs(tmp_path / "state") as state:
+    with tmpfs(tmp_path / "state", "64k") as state:
         fill(state)
         async with Scenario(tmp_path, mosquitto.port, fake_gpsd.port) as sim:
             await call_gets_through(sim)
@@ -78,34 +50,12 @@ async def test_a_full_state_filesystem_at_start_runs_from_memory(
             assert not list(state.glob("*.corrupt-*"))  # full is not damaged
 
 
-@contextlib.contextmanager
-def ext4(directory: Path, image: Path) -> Iterator[str]:
-    """A real ext4 on a loop device, ``errors=remount-ro`` as a car's eMMC is mounted; yields
-    the device's name under /sys/fs/ext4."""
-    directory.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("needs root for a loop device")
-    subprocess.run(["truncate", "-s", "16M", str(image)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    device = subprocess.run(
-        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    try:
-        subprocess.run(["mount", "-o", "errors=remount-ro", device, str(directory)], check=True)
-        try:
-            yield Path(device).name
-        finally:
-            subprocess.run(["umount", "-l", str(directory)], check=False)
-    finally:
-        subprocess.run(["losetup", "-d", device], check=False)
-
-
 async def test_a_state_filesystem_that_goes_read_only_while_running(
     tmp_path: Path, mosquitto: Mosquitto, fake_gpsd: FakeGpsd
 ) -> None:
     """What ext4 does on an I/O error with errors=remount-ro (the kernel's own error path,
     triggered through sysfs): every write fails with EROFS; the call still goes out."""
-    with ext4(tmp_path / "state", tmp_path / "state.img") as device:
+    with ext4_on_loop(tmp_path / "state", tmp_path / "state.img") as device:
         async with Scenario(tmp_path, mosquitto.port, fake_gpsd.port) as sim:
             await sim.led.wait_for(LedMode.READY, timeout=15)
             assert sim.agent.outbox.storage == "disk"

@@ -236,6 +236,7 @@ def test_can0_on_the_board_at_500_kbit() -> None:
     network = ini(SYSTEMD / "80-can0.network")
     assert network["Match"]["Name"] == "can0"
     assert network["CAN"]["BitRate"] == "500K"
+    assert network["CAN"]["RestartSec"] == "100ms"  # restart-ms: bus-off recovery (deploy.md)
     assert network["Link"]["RequiredForOnline"] == "no"
     # the agent's default matches what networkd sets up
     assert config_module.FIELDS["can.bitrate"][1] == 500_000

@@ -34,6 +34,7 @@ from agent.core.frames import LedMode
 from agent.errors import ConfigError, UplinkError
 from agent.tls import CertificateTimeError, certificate_validity, check_tls_files, client_context
 from hw_sim.gpsd import FakeGpsd
+from hw_sim.link import Link
 from hw_sim.observed import ObservedAgent as Agent
 from hw_sim.scenario import VIN, Scenario, config_text
 
@@ -154,6 +155,8 @@ def pki() -> Iterator[Pki]:
         o.ca("otherca")
         o.leaf("server", "ca", "server_ext", "localhost")
         o.leaf("wronghost", "ca", "wronghost_ext", "broker.invalid")
+        o.leaf("notyet", "ca", "server_ext", "localhost",
+               "-startdate", "20991231000000Z", "-enddate", "21000101000000Z")  # fmt: skip
         o.leaf("client", "ca", "client_ext", VIN)
         o.leaf("expired", "ca", "client_ext", VIN,
                "-startdate", "20200101000000Z", "-enddate", "20200201000000Z")  # fmt: skip
@@ -341,12 +344,13 @@ class Broker:
     plain: int  # the simulated backend's way in
     tls: int  # mutual TLS, broker certificate for localhost and 127.0.0.1
     wrong_host: int  # mutual TLS, broker certificate for broker.invalid
+    not_yet: int  # mutual TLS, broker certificate valid from 2099 on
 
 
 @pytest.fixture
 def broker(pki: Pki) -> Iterator[Broker]:
     binary = require("mosquitto")
-    ports = Broker(free_port(), free_port(), free_port())
+    ports = Broker(free_port(), free_port(), free_port(), free_port())
     conf = pki.directory / f"mosquitto-{ports.tls}.conf"
 
     def tls_listener(port: int, server: str) -> list[str]:
@@ -369,13 +373,14 @@ def broker(pki: Pki) -> Iterator[Broker]:
         f"listener {ports.plain} 127.0.0.1",
         *tls_listener(ports.tls, "server"),
         *tls_listener(ports.wrong_host, "wronghost"),
+        *tls_listener(ports.not_yet, "notyet"),
     ]
     conf.write_text("\n".join(lines) + "\n")
     conf.chmod(0o644)
     log = (pki.directory / f"mosquitto-{ports.tls}.log").open("wb")  # its refusals, if needed
     process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log)
     try:
-        for port in (ports.plain, ports.tls, ports.wrong_host):
+        for port in (ports.plain, ports.tls, ports.wrong_host, ports.not_yet):
             wait_listening(port)
         yield ports
     finally:
@@ -572,3 +577,54 @@ def test_plain_tcp_needs_allow_insecure_and_loopback(
         path, environ={}, overrides={"mqtt.tls": "false", "mqtt.allow_insecure": "true"}
     )
     assert not allowed.mqtt.tls
+
+
+@pytest.mark.asyncio
+async def test_a_reconnection_resumes_the_tls_session(
+    tmp_path: Path, pki: Pki, broker: Broker, fake_gpsd: FakeGpsd
+) -> None:
+    """A link cut (RST) under a TLS connection: the next handshake resumes the session (one
+    round trip fewer, no certificates sent), and a call still gets through."""
+    async with Link(broker.tls) as link:
+        overrides = tls_overrides(pki, link.port)
+        async with Scenario(tmp_path, broker.plain, fake_gpsd.port, overrides=overrides) as sim:
+            uplink = sim.agent.uplink
+            connects = uplink.connects
+            assert link.cut() >= 1
+            await sim.agent.wait_until(lambda: uplink.connects > connects, TIMEOUT)
+            assert uplink.counters.get("tls_resumed", 0) >= 1
+            await sim.car.hold(2100)
+            await sim.backend.wait_for("request", 1, timeout=TIMEOUT)
+            await sim.led.wait_for(LedMode.CONNECTED, timeout=TIMEOUT)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("synchronised", [False, True])
+async def test_a_broker_certificate_refused_on_its_dates_by_an_untrusted_clock_is_a_clock_problem(
+    tmp_path: Path, pki: Pki, broker: Broker, synchronised: bool
+) -> None:
+    """systemd-timesyncd runs (its directory exists) and has not set the clock yet: OpenSSL's
+    "not yet valid" is then reported as the clock's problem, with the hint; once the flag is
+    there, the same refusal is the certificate's own and reported as before."""
+    timesync = tmp_path / "timesync"
+    timesync.mkdir()
+    if synchronised:
+        (timesync / "synchronized").touch()
+    config = tls_config(tmp_path, pki, broker.not_yet)
+    clock = dataclasses.replace(config.clock, synchronized_file=timesync / "synchronized")
+    config = dataclasses.replace(config, clock=clock)
+    async with running(config) as (agent, task, warnings):
+        await agent.wait_until(lambda: agent.uplink.attempts >= 3, TIMEOUT)
+        assert not task.done() and agent.uplink.connects == 0
+        source = agent.clock.source
+        errors = agent.presenter.status("online")["counters"].get("tls_clock_errors", 0)
+    if synchronised:
+        assert source == "system" and errors == 0
+        [unavailable] = [m for m in warnings.messages if "unavailable" in m]
+        assert "certificate is not yet valid" in unavailable
+    else:
+        assert source == "unsynced" and errors >= 3
+        [problem] = [m for m in warnings.messages if "clock problem" in m]  # once an outage
+        assert "the broker's certificate is not yet valid by the system clock" in problem
+        assert "not trusted" in problem and "docs/deploy.md" in problem
+        assert not [m for m in warnings.messages if "unavailable" in m]

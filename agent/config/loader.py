@@ -23,6 +23,7 @@ from agent.config.schema import (
     REQUIRED,
     ButtonConfig,
     CanConfig,
+    ClockSection,
     CoverageSection,
     GpsdConfig,
     Key,
@@ -65,6 +66,7 @@ class Config:
     vehicle: VehicleProfile
     contact: Contact
     state: StateSection
+    clock: ClockSection
     coverage_file: CoverageSection
     log: LogSection
     coverage: CoverageProfile | None
@@ -214,6 +216,7 @@ def _build(path: Path, s: Settings) -> Config:
         vehicle=VehicleProfile(**shallow(s.vehicle)),
         contact=Contact(**contact),
         state=s.state,
+        clock=s.clock,
         coverage_file=s.coverage,
         log=s.log,
         coverage=profile,

@@ -276,6 +276,18 @@ class StateSection:
 
 
 @dataclass(frozen=True, slots=True)
+class ClockSection:
+    """The wall clock on a board without a real-time clock (README: "The clock")."""
+
+    synchronized_file: Path = key(
+        "/run/systemd/timesync/synchronized",
+        c.path,
+        "systemd-timesyncd's flag: while its directory exists and the flag does not, the "
+        "system clock is not trusted and GPS time is used",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class CoverageSection:
     """The assistance programme's coverage rules."""
 
@@ -308,6 +320,7 @@ class Settings:
     vehicle: VehicleSection = section(VehicleSection)
     contact: ContactSection = section(ContactSection)
     state: StateSection = section(StateSection)
+    clock: ClockSection = section(ClockSection)
     coverage: CoverageSection = section(CoverageSection)
     log: LogSection = section(LogSection)
 

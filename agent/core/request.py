@@ -182,7 +182,9 @@ def encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-CAN_STATES = ("ok", "error", "down")  # what the status schema allows besides "unknown"
+# What the status schema allows besides "unknown" (agent.core.controller.STATES). "error" is
+# kept in the schema for documents from older agents; this one reports "down" instead.
+CAN_STATES = ("ok", "error_passive", "bus_off", "down")
 
 
 def build_status(
@@ -198,6 +200,7 @@ def build_status(
     oldest_pending_s: float | None,
     storage: str,
     counters: dict[str, int],
+    clock: str | None = None,
 ) -> dict[str, Any]:
     """The retained status document (SPEC §6): health and counters, never a position."""
     return {
@@ -212,4 +215,5 @@ def build_status(
         "oldest_pending_s": None if oldest_pending_s is None else round(oldest_pending_s, 1),
         "storage": storage,
         "counters": {name: n for name, n in sorted(counters.items()) if n},
+        **({} if clock is None else {"clock": clock}),
     }

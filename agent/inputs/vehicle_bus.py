@@ -60,7 +60,11 @@ class VehicleBus:
         self.immobilised_since: datetime | None = None  # SAFETY_STATUS Immobilised, wall time
         self.counters: dict[str, int] = {}
         self.can = CanInput(
-            can_config, [*RECEIVED_IDS, UDS_RESPONSE_ID], self._on_can, self._on_can_state
+            can_config,
+            [*RECEIVED_IDS, UDS_RESPONSE_ID],
+            self._on_can,
+            on_state,
+            on_recovered=self._on_can_recovered,
         )
         self.uds = UdsClient(self.can.send)
         self._on_button = on_button
@@ -113,10 +117,11 @@ class VehicleBus:
             self._cyclic[frame_id] = (data, frame)
             self.vehicle.update(frame, now)
 
-    def _on_can_state(self, state: str) -> None:
-        if state != "ok":
-            self.matrix.reset_counters()
-        self._on_state(state)
+    def _on_can_recovered(self) -> None:
+        # Back from bus-off or a link down: frames were missed, so the next alive counter may
+        # repeat the last one seen by chance. Start the E2E receivers afresh.
+        self.matrix.reset_counters()
+        self._count("e2e_resets")
 
     # -- UDS: VIN at start-up, DTCs when they change and at every call ----------------------
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.core.wallclock import Stamp
+
 EVICTABLE = "update"
 
 
@@ -16,7 +18,14 @@ class Entry:
     sequence: int
     topic: str
     payload: bytes
-    created_at: float  # unix time
+    created_at: float  # unix time, from the agent's wall clock (see agent.core.wallclock)
+    trusted: bool = False  # created_at was read from a trusted clock (system or GPS)
+    boot_id: str = ""  # the boot it was stored in, and the boot clock then: its age in that boot
+    boot_s: float = 0.0
+
+    @property
+    def stamp(self) -> Stamp:
+        return Stamp(self.created_at, self.trusted, self.boot_id, self.boot_s)
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -36,6 +45,7 @@ class StoredIncident:
     acked: bool
     update_sequence: int = 0  # the last update's sequence number
     repeat: str | None = None
+    stamp: Stamp | None = None  # when it was first stored: its age (None: a first-release row)
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,3 @@ class MemoryQueue:
             size -= len(self._entries.pop(max(updates)).payload)  # the oldest: ids count down
             evicted += 1
         return "fits", evicted
-
-    def oldest_created_at(self) -> float | None:
-        return min((e.created_at for e in self._entries.values()), default=None)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agent.core.wallclock import Stamp, age_s, settle
 from agent.errors import OutboxError
 from agent.outbox.entries import EVICTABLE, Entry, Limits, StoredIncident
 
@@ -26,6 +27,9 @@ CREATE TABLE IF NOT EXISTS messages (
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     created_at REAL NOT NULL,
+    trusted INTEGER NOT NULL DEFAULT 0,
+    boot_id TEXT NOT NULL DEFAULT '',
+    boot_s REAL NOT NULL DEFAULT 0,
     UNIQUE (kind, incident_id, sequence)
 );
 CREATE TABLE IF NOT EXISTS incidents (
@@ -35,15 +39,29 @@ CREATE TABLE IF NOT EXISTS incidents (
     acked INTEGER NOT NULL DEFAULT 0,
     closed_at REAL,
     update_sequence INTEGER NOT NULL DEFAULT 0,
-    repeat TEXT
+    repeat TEXT,
+    trusted INTEGER NOT NULL DEFAULT 0,
+    boot_id TEXT NOT NULL DEFAULT '',
+    boot_s REAL NOT NULL DEFAULT 0
 );
 """
 # columns added since the first release: a file written by it gets them on open
+# A first-release row's time was the system clock's, the only one it had: taken as trusted
+# (as that release did), with no boot id (agent.core.wallclock.age_s then goes by wall time).
+_STAMP = (
+    ("trusted", "INTEGER NOT NULL DEFAULT 1"),
+    ("boot_id", "TEXT NOT NULL DEFAULT ''"),
+    ("boot_s", "REAL NOT NULL DEFAULT 0"),
+)
 _ADDED = (
     ("incidents", "update_sequence", "INTEGER NOT NULL DEFAULT 0"),
     ("incidents", "repeat", "TEXT"),
+    *(("messages", column, kind) for column, kind in _STAMP),
+    *(("incidents", column, kind) for column, kind in _STAMP),
 )
-INCIDENT_COLUMNS = "incident_id, sequence, opened_at, acked, update_sequence, repeat"
+INCIDENT_COLUMNS = (
+    "incident_id, sequence, opened_at, acked, update_sequence, repeat, trusted, boot_id, boot_s"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,19 +134,33 @@ def salvage(path: Path) -> tuple[list[Entry], list[StoredIncident]]:
     try:
         entries: list[Entry] = []
         incidents: list[StoredIncident] = []
-        with contextlib.suppress(sqlite3.Error, TypeError):
-            rows = db.execute(f"SELECT {COLUMNS} FROM messages ORDER BY id").fetchall()
-            entries = [Entry(*row) for row in rows]
-        with contextlib.suppress(sqlite3.Error, TypeError):
-            query = f"SELECT {INCIDENT_COLUMNS} FROM incidents WHERE closed_at IS NULL"
-            incidents = [incident(row) for row in db.execute(query).fetchall()]
+        for columns in (COLUMNS, FIRST_COLUMNS):  # a first-release file has no stamps
+            with contextlib.suppress(sqlite3.Error, TypeError):
+                rows = db.execute(f"SELECT {columns} FROM messages ORDER BY id").fetchall()
+                entries = [message(row) for row in rows]
+                break
+        for columns in (INCIDENT_COLUMNS, FIRST_INCIDENT_COLUMNS):
+            with contextlib.suppress(sqlite3.Error, TypeError):
+                query = f"SELECT {columns} FROM incidents WHERE closed_at IS NULL"
+                incidents = [incident(row) for row in db.execute(query).fetchall()]
+                break
         return entries, incidents
     finally:
         db.close()
 
 
 def incident(row: tuple[Any, ...]) -> StoredIncident:
-    return StoredIncident(row[0], row[1], row[2], bool(row[3]), row[4], row[5])
+    trusted, boot, boot_s = row[6:9] if len(row) > 6 else (True, "", 0.0)
+    stamp = Stamp(row[2], bool(trusted), boot, boot_s)
+    return StoredIncident(row[0], row[1], row[2], bool(row[3]), row[4], row[5], stamp)
+
+
+def message(row: tuple[Any, ...]) -> Entry:
+    """A message from a row of COLUMNS (or of a first-release file's FIRST_COLUMNS)."""
+    trusted, boot, boot_s = row[7:10] if len(row) > 7 else (True, "", 0.0)
+    return Entry(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(trusted), boot, boot_s
+    )
 
 
 def quick_check(path: Path) -> str | None:
@@ -200,7 +232,9 @@ def remove_quarantined(main: Path) -> None:
             Path(str(main) + suffix).unlink()
 
 
-COLUMNS = "id, kind, incident_id, sequence, topic, payload, created_at"
+FIRST_COLUMNS = "id, kind, incident_id, sequence, topic, payload, created_at"
+COLUMNS = f"{FIRST_COLUMNS}, trusted, boot_id, boot_s"
+FIRST_INCIDENT_COLUMNS = "incident_id, sequence, opened_at, acked, update_sequence, repeat"
 # SQLITE_CORRUPT and SQLITE_NOTADB: the file is damaged. "Full", "read-only" and "I/O error"
 # are storage states and never make the outbox move a file aside.
 _CORRUPTION_CODES = frozenset({11, 26})
@@ -219,8 +253,8 @@ def is_corruption(exc: sqlite3.DatabaseError) -> bool:
 def insert(db: sqlite3.Connection, entry: Entry) -> Entry:
     """Store ``entry``; idempotent by (kind, incident_id, sequence): the stored one wins."""
     cursor = db.execute(
-        "INSERT OR IGNORE INTO messages "
-        "(kind, incident_id, sequence, topic, payload, created_at) VALUES (?,?,?,?,?,?)",
+        "INSERT OR IGNORE INTO messages (kind, incident_id, sequence, topic, payload, "
+        "created_at, trusted, boot_id, boot_s) VALUES (?,?,?,?,?,?,?,?,?)",
         (
             entry.kind,
             entry.incident_id,
@@ -228,14 +262,18 @@ def insert(db: sqlite3.Connection, entry: Entry) -> Entry:
             entry.topic,
             entry.payload,
             entry.created_at,
+            int(entry.trusted),
+            entry.boot_id,
+            entry.boot_s,
         ),
     )
     if cursor.rowcount == 0:  # already stored
         row = db.execute(
-            "SELECT id, created_at FROM messages WHERE kind=? AND incident_id=? AND sequence=?",
+            f"SELECT {COLUMNS} FROM messages WHERE kind=? AND incident_id=? AND sequence=?",
             entry.key,
         ).fetchone()
-        return replace(entry, id=row[0], created_at=row[1])
+        stored = message(row)
+        return replace(stored, topic=entry.topic, payload=entry.payload)
     assert cursor.lastrowid is not None
     return replace(entry, id=cursor.lastrowid)
 
@@ -260,8 +298,10 @@ def make_room(db: sqlite3.Connection, entry: Entry, limits: Limits) -> tuple[str
 
 
 def write_incident(db: sqlite3.Connection, incident: StoredIncident) -> None:
+    """Insert or update the incident; its stamp is the first write's (when it was opened)."""
+    stamp = incident.stamp or Stamp(incident.opened_at, True, "", 0.0)
     db.execute(
-        f"INSERT INTO incidents ({INCIDENT_COLUMNS}) VALUES (?,?,?,?,?,?) "
+        f"INSERT INTO incidents ({INCIDENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?) "
         "ON CONFLICT(incident_id) DO UPDATE SET sequence=excluded.sequence, "
         "acked=excluded.acked, update_sequence=excluded.update_sequence, "
         "repeat=excluded.repeat",
@@ -272,6 +312,9 @@ def write_incident(db: sqlite3.Connection, incident: StoredIncident) -> None:
             int(incident.acked),
             incident.update_sequence,
             incident.repeat,
+            int(stamp.trusted),
+            stamp.boot_id,
+            stamp.boot_s,
         ),
     )
 
@@ -286,15 +329,63 @@ def read_incident(db: sqlite3.Connection) -> StoredIncident | None:
 
 def entries(db: sqlite3.Connection) -> list[Entry]:
     """Every message in the file, oldest first."""
-    return [Entry(*row) for row in db.execute(f"SELECT {COLUMNS} FROM messages ORDER BY id")]
+    return [message(row) for row in db.execute(f"SELECT {COLUMNS} FROM messages ORDER BY id")]
 
 
-def delete(db: sqlite3.Connection, key: tuple[str, str, int]) -> None:
+def delete(db: sqlite3.Connection, key: tuple[str, str, int]) -> bool:
+    """Delete the message with ``key``; True (deleted or not there): the WAL needs a scrub."""
     db.execute("DELETE FROM messages WHERE kind=? AND incident_id=? AND sequence=?", key)
+    return True
 
 
-def purge(db: sqlite3.Connection, cutoff: float) -> int:
-    """Delete messages and incidents from before ``cutoff``; returns the messages gone."""
-    gone = db.execute("DELETE FROM messages WHERE created_at < ?", (cutoff,)).rowcount
-    db.execute("DELETE FROM incidents WHERE opened_at < ? OR closed_at < ?", (cutoff, cutoff))
-    return int(gone)
+_AGED = (("messages", "id", "created_at"), ("incidents", "incident_id", "opened_at"))
+
+
+def purge(db: sqlite3.Connection, now: Stamp, retention_s: float) -> int:
+    """Delete messages and incidents older than ``retention_s``; returns the messages gone.
+
+    Ages are :func:`~agent.core.wallclock.age_s`: a step of the wall clock never makes a row
+    look old, a row whose age no clock can tell is kept, and each row's stamp is first
+    :func:`~agent.core.wallclock.settle`-d (taken into this boot, dated once trusted), in one
+    transaction.
+    """
+    gone = 0
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for table, ident, wall in _AGED:
+            query = f"SELECT {ident}, {wall}, trusted, boot_id, boot_s FROM {table}"
+            for key, at, trusted, boot, boot_s in db.execute(query).fetchall():
+                then = Stamp(float(at), bool(trusted), str(boot), float(boot_s))
+                kept = settle(then, now)
+                age = age_s(kept, now)
+                if age is not None and age > retention_s:
+                    db.execute(f"DELETE FROM {table} WHERE {ident}=?", (key,))
+                    gone += table == "messages"
+                elif kept != then:
+                    db.execute(
+                        f"UPDATE {table} SET {wall}=?, trusted=?, boot_id=?, boot_s=? "
+                        f"WHERE {ident}=?",
+                        (kept.wall, int(kept.trusted), kept.boot_id, kept.boot_s, key),
+                    )
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+    return gone
+
+
+def oldest(db: sqlite3.Connection) -> Stamp | None:
+    """The stamp of the oldest message (the first stored: rows keep their order)."""
+    row = db.execute(
+        "SELECT created_at, trusted, boot_id, boot_s FROM messages ORDER BY id LIMIT 1"
+    ).fetchone()
+    return None if row is None else Stamp(float(row[0]), bool(row[1]), str(row[2]), float(row[3]))
+
+
+def count(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+
+def delete_incident(db: sqlite3.Connection, incident_id: str) -> None:
+    db.execute("DELETE FROM incidents WHERE incident_id=?", (incident_id,))

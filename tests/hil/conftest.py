@@ -44,6 +44,8 @@ MARKERS = {
     "hil_sim_roof": "sends CONNECT_BUTTON frames itself: needs HIL_ROOF_MODULE=sim",
     "hil_socketcan": "uses can-utils, ip link or /proc/net/can: needs HIL_CAN_INTERFACE=socketcan",
     "hil_link_control": "takes the CAN interface down and up: needs root (CAP_NET_ADMIN)",
+    "hil_ecu": "the stack includes the simulated gateway ECU (hw-sim ecu), started before "
+    "the agent",
 }
 IFF_UP = 0x1
 
@@ -111,11 +113,14 @@ def _rig_can_run(request: pytest.FixtureRequest, hil_settings: Settings) -> None
 
 
 @pytest_asyncio.fixture
-async def stack(hil_settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(
+    hil_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Stack]:
     """Mosquitto, gpsd (gpsfake), the backend; then ``hw-sim car`` and ``connect-agent``
     as separate processes on the channel. Yields once the agent's status says it is
     online with the bus, the button and a GPS fix; stops everything, the agent with
-    SIGTERM (it must exit 0)."""
+    SIGTERM (it must exit 0). With the ``hil_ecu`` marker, ``hw-sim ecu`` starts before
+    the agent, so the agent reads the VIN and the DTCs from it over UDS."""
     workdir = tmp_path / "gpsfake"
     workdir.mkdir()
     async with Mosquitto() as broker:
@@ -125,6 +130,8 @@ async def stack(hil_settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
                 problems: list[str] = []
                 try:
                     await installation.start_car()
+                    if request.node.get_closest_marker("hil_ecu"):
+                        await installation.start_ecu()
                     await installation.start_agent()
                     await installation.wait_ready()
                     yield installation

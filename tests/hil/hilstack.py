@@ -337,6 +337,7 @@ class Stack:
     backend: SimulatedBackend
     car: Child | None = None
     agent: Child | None = None
+    ecu: Child | None = None
     config_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -365,6 +366,25 @@ class Stack:
         if s.roof == "real":
             await self.car_command("silent on")  # the real roof module sends 0x3A1
         return self.car
+
+    async def stop_car(self) -> None:
+        """Stop the car at once (SIGINT, even in the middle of a ``hold``): no frame of it
+        reaches the bus any more. ``start_car`` starts a new one."""
+        car, self.car = self.car, None
+        assert car is not None, "the car is not running"
+        code = await car.stop(signal.SIGINT, timeout=10)
+        assert code == 0, f"hw-sim car exited {code} on SIGINT"
+
+    async def start_ecu(self) -> Child:
+        """``hw-sim ecu``: the gateway's UDS server (VIN, DTCs) as its own process."""
+        s = self.settings
+        self.ecu = await Child.spawn(
+            "hw-sim ecu",
+            [program("hw-sim"), "ecu", "--interface", s.interface, "--channel", s.channel],
+            log=self.directory / "ecu.log",
+        )
+        await self.ecu.line("gateway ECU", timeout=30)
+        return self.ecu
 
     async def start_agent(self) -> Child:
         self.agent = await Child.spawn(
@@ -395,7 +415,10 @@ class Stack:
             code = await car.stop(grace=10)
             if code != 0:
                 problems.append(f"hw-sim car exited {code} after 'quit'")
-        for name in ("agent.log", "car.log"):
+        ecu, self.ecu = self.ecu, None
+        if ecu is not None and (code := await ecu.stop(signal.SIGINT, timeout=10)) != 0:
+            problems.append(f"hw-sim ecu exited {code} on SIGINT")
+        for name in ("agent.log", "car.log", "ecu.log"):
             path = self.directory / name
             if path.exists() and "Traceback" in path.read_text(errors="replace"):
                 problems.append(f"a traceback in {name}")
@@ -403,7 +426,7 @@ class Stack:
 
     def logs(self) -> str:
         parts = []
-        for name in ("agent.log", "car.log"):
+        for name in ("agent.log", "car.log", "ecu.log"):
             path = self.directory / name
             if path.exists():
                 lines = path.read_text(errors="replace").splitlines()
