@@ -81,8 +81,9 @@ class SimulatedCar(SimulatedButton, Service):
         self.tyres: TyrePressure | None = HEALTHY_TYRES
         self.safety: SafetyStatus | None = HEALTHY_SAFETY
         self.category: str | None = None
-        self.button_period_s = 0.1
-        self.status_period_s = 1.0
+        # the periods of SPEC §2, from the DBC's GenMsgCycleTime
+        self.button_period_s = self.matrix.cycle_s(CONNECT_BUTTON) or 0.1
+        self.status_period_s = self.matrix.cycle_s(VEHICLE_STATUS) or 1.0
         self.button_silent = False  # simulate a dead roof module
         self._tasks: list[asyncio.Task[None]] = []
         self.sent = 0

@@ -6,6 +6,7 @@ So that a laptop with vcan0 can drive a separately running agent:
     hw-sim gpsd --port 2947 &
     hw-sim backend --port 1883 &
     hw-sim car --channel vcan0            # then type: hold 2200
+    hw-sim replay trace.log --speed 2     # a recorded trace (candump .log, .asc, .blf)
 
 ``hw-sim demo`` runs all of them and the real agent in one process (``make demo``).
 """
@@ -17,7 +18,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import sys
+from pathlib import Path
 
 from hw_sim.matrix import ButtonState
 
@@ -48,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     def bus_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--interface", default="socketcan", help="python-can interface")
         p.add_argument("--channel", default="vcan0")
+
+    def replay_bus_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--interface", choices=("socketcan", "virtual"), default="socketcan")
+        p.add_argument("--channel", default="vcan0")
+
+    def verbose_arg(p: argparse.ArgumentParser) -> None:
+        # SUPPRESS: without it the subcommand's default would hide `hw-sim -v replay`
+        p.add_argument(
+            "--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help="progress"
+        )
 
     car = sub.add_parser(
         "car",
@@ -123,6 +136,47 @@ def _parser() -> argparse.ArgumentParser:
         "--web", action="store_true", help="drive the car and answer as the operator in a browser"
     )
     demo.add_argument("--web-port", type=int, default=8080)
+    replay = sub.add_parser(
+        "replay",
+        help="play a recorded trace (candump .log, .asc, .blf) onto a bus",
+        description="Plays FILE with the recorded timing (python-can's LogReader and "
+        "MessageSync). CONNECT_BUTTON and CONNECT_LED get a fresh alive counter and CRC "
+        "(SPEC §2), so an old or looped trace stays valid. Reports what it did at the end "
+        "(and every second with -v).",
+    )
+    replay.add_argument("file", type=Path, metavar="FILE")
+    replay_bus_args(replay)
+    replay.add_argument(
+        "--speed", type=_positive, default=1.0, metavar="X", help="X times as fast (default 1)"
+    )
+    replay.add_argument("--loop", action="store_true", help="start again at the end (Ctrl-C)")
+    replay.add_argument(
+        "--as-recorded",
+        action="store_true",
+        help="send the E2E frames' counter and CRC as recorded (no re-protection)",
+    )
+    replay.add_argument(
+        "--skip-id",
+        type=_frame_id,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="do not send this ID (hex, e.g. 3A2: the agent's own LED frames); repeatable",
+    )
+    verbose_arg(replay)
+    record = sub.add_parser(
+        "record",
+        help="record a bus into a trace file (.log candump, .asc, .blf)",
+        description="Writes what the bus carries into FILE with python-can's Logger. "
+        "--scene also runs the simulated car on the bus and records its puncture scene "
+        "(how hw_sim/data/traces/simulated-car.log was made).",
+    )
+    record.add_argument("file", type=Path, metavar="FILE")
+    replay_bus_args(record)
+    record.add_argument("--seconds", type=_positive, metavar="S", help="stop after S s")
+    record.add_argument(
+        "--scene", action="store_true", help="drive the simulated car's puncture scene, then stop"
+    )
     link = sub.add_parser(
         "link",
         help="a TCP link simulator (delay, loss, freeze, cut) in front of a broker",
@@ -152,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         "ecu": _ecu,
         "link": _link,
         "demo": _demo,
+        "replay": _replay,
+        "record": _record,
     }[args.command]
     try:
         status = asyncio.run(runner(args))
@@ -161,6 +217,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hw-sim {args.command}: {exc}", file=sys.stderr)
         return 1
     return status or 0
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def _frame_id(text: str) -> int:
+    try:
+        return int(text, 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a hex CAN ID: {text!r}") from None
 
 
 def _out(text: str) -> None:
@@ -387,3 +457,54 @@ async def _link(args: argparse.Namespace) -> None:
             if not raw:  # stdin closed (started in the background): keep forwarding
                 await asyncio.Event().wait()
             line = raw.decode(errors="replace")
+
+
+async def _replay(args: argparse.Namespace) -> int:
+    from hw_sim.car import open_sim_bus  # noqa: PLC0415
+    from hw_sim.replay import ReplayReport, replay_async  # noqa: PLC0415
+
+    if not args.file.is_file():
+        raise FileNotFoundError(f"no trace {args.file}")
+    bus = open_sim_bus(args.interface, args.channel)
+    report = ReplayReport(path=args.file, speed=args.speed)
+    # SIGINT and SIGTERM stop the replay and still print the report (--loop ends that way)
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        _out(f"replaying {args.file} on {args.interface}:{args.channel} at speed {args.speed:g}")
+        await replay_async(
+            bus,
+            args.file,
+            speed=args.speed,
+            loop=args.loop,
+            reprotect=not args.as_recorded,
+            skip_ids=args.skip_id,
+            report=report,
+        )
+    except asyncio.CancelledError:
+        _out("replay stopped")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        for line in report.lines():
+            _out(line)
+        bus.shutdown()
+    return 0 if report.frames else 1
+
+
+async def _record(args: argparse.Namespace) -> None:
+    from hw_sim.car import open_sim_bus  # noqa: PLC0415
+    from hw_sim.recording import record  # noqa: PLC0415
+
+    recorder = open_sim_bus(args.interface, args.channel)
+    scene_bus = open_sim_bus(args.interface, args.channel) if args.scene else None
+    try:
+        _out(f"recording {args.interface}:{args.channel} into {args.file}")
+        await record(args.file, recorder, seconds=args.seconds, scene_bus=scene_bus)
+    finally:
+        for bus in (recorder, scene_bus):
+            if bus is not None:
+                bus.shutdown()
+        _out(f"recorded into {args.file}")

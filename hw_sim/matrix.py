@@ -242,6 +242,11 @@ class SimMatrix:
             if {int(code): str(name) for code, name in found.items()} != names:
                 raise ValueError(f"{dbc}: the value table of {signal} differs from SPEC §2")
 
+    def cycle_s(self, frame_id: int) -> float | None:
+        """The frame's period from the DBC's ``GenMsgCycleTime`` (None: sent on change only)."""
+        cycle_ms = self.messages[frame_id].cycle_time
+        return None if not cycle_ms else cycle_ms / 1000
+
     # -- building frames --------------------------------------------------------------------
 
     def encode_signals(
@@ -309,6 +314,31 @@ class SimMatrix:
 
     def encode_safety(self, safety: SafetyStatus) -> bytes:
         return self.encode_state(safety)
+
+    def reprotect(self, frame_id: int, data: bytes | bytearray) -> bytes:
+        """A recorded protected frame with this sender's next alive counter and a fresh CRC;
+        every other bit as recorded (a replayed trace stays valid for the receivers)."""
+        message = self.messages[frame_id]
+        if frame_id not in E2E_FRAMES:
+            raise ValueError(f"0x{frame_id:03X} is not E2E protected")
+        if len(data) != message.length:
+            raise MatrixError("bad_dlc", f"0x{frame_id:03X} with {len(data)} bytes")
+        counter = self._alive[frame_id]
+        self._alive[frame_id] = (counter + 1) % 16
+        zero = dict.fromkeys((s.name for s in message.signals), 0)
+        e2e_bits = message.encode(zero | {"Crc": 0xFF, "AliveCounter": 0xF}, scaling=False)
+        fresh = message.encode(zero | {"AliveCounter": counter}, scaling=False)
+        out = bytearray(
+            (byte & ~mask & 0xFF) | new
+            for byte, mask, new in zip(data, e2e_bits, fresh, strict=True)
+        )
+        out[0] = e2e_crc(out[1:8])
+        return bytes(out)
+
+    @staticmethod
+    def crc_ok(data: bytes | bytearray) -> bool:
+        """Byte 0 is the CRC of bytes 1..7 (a protected frame's check without its counter)."""
+        return len(data) == 8 and data[0] == e2e_crc(data[1:8])
 
     # -- reading frames ---------------------------------------------------------------------
 

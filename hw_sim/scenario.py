@@ -101,7 +101,10 @@ profile = "{COVERAGE_PROFILE}"
 class Scenario(Service):
     """``async with Scenario(dir, mqtt_port, gpsd_port) as s:`` -> s.agent, s.car, s.led, s.backend.
 
-    On entry the agent runs, its LED shows ``ready`` and its status is ``online``.
+    On entry the agent runs, its LED shows ``ready`` and its status is ``online``. With
+    ``car=False`` the simulated car sends nothing (another sender, e.g. a replayed trace, plays
+    the car on ``s.channel``) and entry waits only for ``online``: the LED is ``ready`` once a
+    button frame has arrived.
     """
 
     def __init__(
@@ -118,7 +121,9 @@ class Scenario(Service):
         ecu: bool = True,
         ecu_vin: str = VIN,
         backend_port: int | None = None,  # the backend's own way to the broker (not a link's)
+        car: bool = True,
     ) -> None:
+        self.car_running = car
         self.directory = Path(directory)
         self.channel = channel or f"connect-sim-{os.getpid()}-{id(self)}"
         self.interface = interface
@@ -152,10 +157,12 @@ class Scenario(Service):
         if self.ecu is not None:
             await self.ecu.start()
         await self.backend.start()
-        await self.car.start()
+        if self.car_running:
+            await self.car.start()
         self._task = asyncio.create_task(self.agent.run(self.stop), name="agent")
         try:
-            await self.led.wait_for(LedMode.READY, timeout=10)
+            if self.car_running:
+                await self.led.wait_for(LedMode.READY, timeout=10)
             await self.backend.wait_status(VIN, "state", "online", timeout=10)
         except BaseException:
             await self.aclose()

@@ -120,3 +120,14 @@ def test_a_bare_install_runs_connect_agent(bare_venv: Path, command: str) -> Non
     done = _run(bare_venv / "connect-agent", command, "--help")
     assert done.returncode == 0, done.stderr
     assert "--config" in done.stdout
+
+
+def test_a_bare_install_ships_the_example_trace_and_the_timed_dbc(bare_venv: Path) -> None:
+    probe = (
+        "import importlib.resources as r; d = r.files('hw_sim') / 'data'; "
+        "print((d / 'traces' / 'simulated-car.log').read_text().count('3A1#'), "
+        "(d / 'connect.dbc').read_text().count('BA_ \"GenMsgCycleTime\"'))"
+    )
+    done = _run(bare_venv / "python", "-c", probe)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split() == ["54", "6"]
