@@ -121,13 +121,15 @@ def test_the_recorded_gaps_are_kept_divided_by_the_speed() -> None:
     recorded = trace()
     span = recorded[-1].timestamp - recorded[0].timestamp
     started = time.perf_counter()  # not the frames' time.time(): a wall-clock step would count
-    report, frames = played(SIMULATED_CAR_TRACE, speed=4.0)
+    report, frames = played(SIMULATED_CAR_TRACE, speed=8.0)
     took = time.perf_counter() - started
     assert len(frames) == len(recorded)
-    # MessageSync never sends a frame early: the lower bound is exact, the upper one generous
-    assert took >= span / 4.0 - 0.01, (took, span)
-    assert report.duration_s >= span / 4.0 - 0.01, (report.duration_s, span)
-    assert took < span / 4.0 + 5.0, (took, span)
+    # MessageSync never sends a frame early: the lower bound is exact. A loaded machine only
+    # makes it later; the upper bound (0.9 of the recording, 7 x the expected) only catches a
+    # speed that is ignored.
+    assert took >= span / 8.0 - 0.01, (took, span)
+    assert report.duration_s >= span / 8.0 - 0.01, (report.duration_s, span)
+    assert took < span * 0.9, (took, span)
 
 
 def test_a_trace_with_bad_crcs_and_repeated_counters_is_made_valid(tmp_path: Path) -> None:
