@@ -400,29 +400,14 @@ async def test_read_vin_with_retry_waits_for_the_gateway() -> None:
 
 
 def _udsoncan_reads(channel: str, mask: int) -> tuple[str, list[str]]:
-    import isotp  # noqa: PLC0415
-    from udsoncan import AsciiCodec  # noqa: PLC0415
-    from udsoncan.client import Client  # noqa: PLC0415
-    from udsoncan.configs import default_client_config  # noqa: PLC0415
-    from udsoncan.connections import PythonIsoTpConnection  # noqa: PLC0415
+    from uds_oracle import udsoncan_reads  # noqa: PLC0415 - udsoncan only where it is tested
 
     bus = open_bus("virtual", channel, 500_000, [RESPONSE_ID])
     try:
-        stack = isotp.CanStack(
-            bus,
-            address=isotp.Address(
-                isotp.AddressingMode.Normal_11bits, txid=REQUEST_ID, rxid=RESPONSE_ID
-            ),
-            params={"tx_padding": 0xCC},
-        )
-        config = default_client_config.copy()
-        config["data_identifiers"] = {0xF190: AsciiCodec(17)}
-        with Client(PythonIsoTpConnection(stack), config=config, request_timeout=2.0) as client:
-            vin = client.read_data_by_identifier_first(0xF190)
-            dtcs = client.get_dtc_by_status_mask(mask).service_data.dtcs
-        return vin, [format_dtc(d.id, d.status.get_byte_as_int()) for d in dtcs]
+        vin, dtcs = udsoncan_reads(bus, mask, timeout=2.0)
     finally:
         bus.shutdown()
+    return vin, [format_dtc(code, status) for code, status in dtcs]
 
 
 @pytest.mark.asyncio

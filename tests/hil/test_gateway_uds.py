@@ -16,13 +16,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import can
-import isotp
 import pytest
 from hilstack import Child, Settings, Stack, program
-from udsoncan import AsciiCodec
-from udsoncan.client import Client
-from udsoncan.configs import default_client_config
-from udsoncan.connections import PythonIsoTpConnection
+from uds_oracle import udsoncan_reads
 
 from agent.config import CanConfig
 from agent.inputs.can_bus import CanInput
@@ -84,24 +80,12 @@ async def agent_side(settings: Settings) -> AsyncIterator[UdsClient]:
             await task
 
 
-def udsoncan_reads(settings: Settings, mask: int) -> tuple[str, list[tuple[int, int]]]:
-    """The oracle: udsoncan's client over can-isotp's CanStack on its own socket."""
+def oracle_reads(settings: Settings, mask: int) -> tuple[str, list[tuple[int, int]]]:
+    """The oracle on its own socket through the kernel."""
     filters = [{"can_id": RESPONSE_ID, "can_mask": 0x7FF, "extended": False}]
     bus = can.Bus(interface=settings.interface, channel=settings.channel, can_filters=filters)
     try:
-        stack = isotp.CanStack(
-            bus,
-            address=isotp.Address(
-                isotp.AddressingMode.Normal_11bits, txid=REQUEST_ID, rxid=RESPONSE_ID
-            ),
-            params={"tx_padding": 0xCC},
-        )
-        config = default_client_config.copy()
-        config["data_identifiers"] = {0xF190: AsciiCodec(17)}
-        with Client(PythonIsoTpConnection(stack), config=config, request_timeout=3.0) as client:
-            vin = client.read_data_by_identifier_first(0xF190)
-            dtcs = client.get_dtc_by_status_mask(mask).service_data.dtcs
-        return vin, [(d.id, d.status.get_byte_as_int()) for d in dtcs]
+        return udsoncan_reads(bus, mask, timeout=3.0)
     finally:
         bus.shutdown()
 
@@ -117,8 +101,8 @@ async def test_the_agents_uds_client_and_udsoncan_read_the_same_from_the_gateway
             failed = await uds.read_dtcs(mask=0x01, timeout=2.0)  # bit 0 testFailed
         assert uds.counters["answers"] == 3
         assert uds.counters["timeouts"] == uds.counters["isotp_errors"] == 0
-        oracle_vin, oracle_every = await asyncio.to_thread(udsoncan_reads, hil_settings, 0xFF)
-        _, oracle_failed = await asyncio.to_thread(udsoncan_reads, hil_settings, 0x01)
+        oracle_vin, oracle_every = await asyncio.to_thread(oracle_reads, hil_settings, 0xFF)
+        _, oracle_failed = await asyncio.to_thread(oracle_reads, hil_settings, 0x01)
 
     assert vin == oracle_vin == GATEWAY_VIN
     assert oracle_every == STORED
