@@ -10,7 +10,9 @@ request's arrival at the backend is measured. Conditions:
 
 - ``frozen 1 s before``: the agent's connection is frozen (no FIN, no RST) 1 s before the press;
   the request can only arrive after the publish deadline and a new connection;
-- one-way delay 100, 200 and 500 ms with 0, 5 and 20 % of chunks lost.
+- one-way delay 100, 200 and 500 ms with 0, 5 and 20 % of chunks lost; on a lossy link each
+  press comes after ``QUIET_S`` of quiet, as a breakdown call does, not right behind the
+  previous call's close (whose last packets may still wait for a retransmission).
 
 Beside each, the floor measured through the same link in the same run: paho's QoS-1
 publish -> PUBACK on an open connection (1 round trip), and a fresh connection's TCP connect +
@@ -45,6 +47,7 @@ DELAYS_MS = (100, 200, 500)
 LOSSES = (0.0, 0.05, 0.20)
 HOLD_MS = 100  # the agent's threshold here: the metric starts at the threshold, whatever it is
 TARGET_S, TARGET_SHARE = 2.0, 0.95
+QUIET_S = 3.0  # before a press on a lossy link: two retransmissions at 200 ms one way (2.4 s)
 OVERRIDES = {
     "button.hold_ms": str(HOLD_MS),
     "mqtt.reconnect_min_s": "0.05",
@@ -144,6 +147,11 @@ async def condition(
             if mode is None:
                 link.freeze()
                 await asyncio.sleep(1.0)
+            elif mode.loss:
+                # A breakdown call comes on a connection that has been quiet, not right after
+                # the previous call's close, whose PUBACK and status may still be waiting for
+                # a retransmission ahead of the request (head of line)
+                await asyncio.sleep(QUIET_S)
             await sim.car.hold(HOLD_MS + 50)
             call = await nth_call(sim, i + 1)
             waits.append(await arrival(sim, call.incident_id) - call.held_at)
