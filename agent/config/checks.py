@@ -154,11 +154,18 @@ def path(value: Any, ctx: Ctx) -> Path:
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
 
-@check("an ISO 3166-1 alpha-2 country code such as 'CH'")
-def country(value: Any, ctx: Ctx) -> str:
-    if not isinstance(value, str) or not _COUNTRY.match(value):
-        raise ctx.fail("an ISO 3166-1 alpha-2 country code such as 'CH'", value)
-    return value
+def matching(pattern: re.Pattern[str], expected: str) -> Check[str]:
+    """A string that ``pattern`` matches."""
+
+    def parse(value: Any, ctx: Ctx) -> str:
+        if not isinstance(value, str) or not pattern.match(value):
+            raise ctx.fail(expected, value)
+        return value
+
+    return Check(expected, parse)
+
+
+country = matching(_COUNTRY, "an ISO 3166-1 alpha-2 country code such as 'CH'")
 
 
 @check("a valid 17-character VIN")
@@ -221,18 +228,8 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE = re.compile(r"^\+?[0-9][0-9 ()./-]{5,24}$")
 
 
-@check("an e-mail address")
-def email(value: Any, ctx: Ctx) -> str:
-    if not isinstance(value, str) or not _EMAIL.match(value):
-        raise ctx.fail("an e-mail address", value)
-    return value
-
-
-@check("a phone number in international form such as '+41 79 123 45 67'")
-def phone(value: Any, ctx: Ctx) -> str:
-    if not isinstance(value, str) or not _PHONE.match(value):
-        raise ctx.fail("a phone number in international form such as '+41 79 123 45 67'", value)
-    return value
+email = matching(_EMAIL, "an e-mail address")
+phone = matching(_PHONE, "a phone number in international form such as '+41 79 123 45 67'")
 
 
 @check("an MQTT topic without wildcards")
