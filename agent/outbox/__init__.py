@@ -152,13 +152,8 @@ class Outbox(Disk):
         """How long the oldest undelivered message has waited (None: none, or no clock can
         tell); a step of the wall clock does not change it."""
         stamps = [e.stamp for e in self._memory]
-        if self._db is not None:
-            try:
-                first = sqlite_file.oldest(self._db)
-            except sqlite3.Error as exc:
-                self._failed("reading", exc)
-            else:
-                stamps += [] if first is None else [first]
+        if (first := self._statement("reading", sqlite_file.oldest)) is not None:
+            stamps.append(first)
         now = self._clock()
         ages = [age for stamp in stamps if (age := age_s(stamp, now)) is not None]
         return max(ages) if ages else None
@@ -180,14 +175,11 @@ class Outbox(Disk):
             sqlite_file.purge_quarantined(self.path, now.wall - retention)
         if self._db is None or self._memory:
             self.retry_disk()  # called periodically by the agent: the disk's retry tick too
-        if self._db is None:
+        gone = self._statement("purging", sqlite_file.purge, now, retention)
+        if gone is None:
             return 0
-        try:
-            gone = sqlite_file.purge(self.db, now, retention)
-            self._incident = self._read_incident() if self._incident is not None else None
-        except sqlite3.Error as exc:
-            self._failed("purging", exc)
-            return 0
+        if self._incident is not None:  # purged from the file too, if old enough
+            self._incident = self._read_incident()
         if gone:
             self._dirty = True
             self.scrub()

@@ -214,13 +214,8 @@ class Disk:
         (not inside it, which would delay the delivery by a sync); a no-op when nothing was
         deleted since the last time.
         """
-        if not self._dirty or self._db is None:
-            return
-        try:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if self._dirty and self._statement("scrubbing", sqlite_file.checkpoint):
             self._dirty = False
-        except sqlite3.Error as exc:
-            self._failed("scrubbing", exc)
 
     def _write_incident(self, incident: StoredIncident) -> None:
         self._statement("saving the incident", sqlite_file.write_incident, incident)

@@ -389,3 +389,9 @@ def count(db: sqlite3.Connection) -> int:
 
 def delete_incident(db: sqlite3.Connection, incident_id: str) -> None:
     db.execute("DELETE FROM incidents WHERE incident_id=?", (incident_id,))
+
+
+def checkpoint(db: sqlite3.Connection) -> bool:
+    """Copy the WAL into the database and truncate it; True once done."""
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return True
