@@ -246,10 +246,7 @@ class Agent:
         now_utc = self._now_utc()
         for action in self.incidents.on_hold(held.at, now_utc, held.held_ms, source):
             if isinstance(action, SendRequest):
-                incident = self.incidents.incident
-                opened = incident.opened_utc if incident is not None else None
-                payload = self.assembler.request(action, time.monotonic(), opened)
-                self._store(self.policy.request_sent(payload, time.monotonic()))
+                self._store(self._gather(action, time.monotonic()))
                 self.continuity.save()
                 record = CallRecord(action.incident_id, action.sequence, held.at, time.monotonic())
                 self._observer.call_stored(record)
@@ -261,6 +258,12 @@ class Agent:
         self.uplink.kick(urgent=True)
         if self._loop is not None:  # fresh codes for the operator, once the call is out
             self._loop.call_later(DTC_AFTER_CALL_S, self.car.read_dtcs)
+
+    def _gather(self, action: SendRequest, now: float) -> Outgoing:
+        """The request for ``action``, gathered now, and remembered by the policy as sent."""
+        incident = self.incidents.incident
+        opened = incident.opened_utc if incident is not None else None
+        return self.policy.request_sent(self.assembler.request(action, now, opened), now)
 
     def _store(self, message: Outgoing) -> Entry:
         topic = self.uplink.topics.for_kind(message.kind)
@@ -304,8 +307,7 @@ class Agent:
         if repeat is None:
             return
         if isinstance(repeat, SendRequest):  # after a restart: gathered again, same key
-            opened = self.incidents.incident.opened_utc if self.incidents.incident else None
-            repeat = self.policy.request_sent(self.assembler.request(repeat, now, opened), now)
+            repeat = self._gather(repeat, now)
         self._count("request_repeats")
         log.warning(
             "no answer from the backend for %s/%d after %.0f s: publishing it again",
@@ -319,9 +321,9 @@ class Agent:
     def _maybe_update(self) -> None:
         if self.incidents.incident is None:
             return
-        now = time.monotonic()
-        location, state = self.assembler.snapshot(now, self._now_utc())
-        update = self.policy.update(now, self._now_utc(), location, state)
+        now, now_utc = time.monotonic(), self._now_utc()
+        location, state = self.assembler.snapshot(now, now_utc)
+        update = self.policy.update(now, now_utc, location, state)
         if update is not None:
             self._store(update)
             self.continuity.save()
