@@ -42,8 +42,10 @@ class Continuity:
         key = self.policy.repeat_key()
         repeat = None
         if key is not None:
-            facts = {"created_at": rfc3339_ms(key.created_at), "held_ms": key.held_ms}
-            repeat = json.dumps({**facts, "source": key.source})
+            created_at = rfc3339_ms(key.created_at)
+            repeat = json.dumps(
+                {"created_at": created_at, "held_ms": key.held_ms, "source": key.source}
+            )
         self.outbox.save_incident(
             incident.incident_id,
             incident.sequence,

@@ -3,8 +3,9 @@
 A line is ``$<body>*<HH>\\r\\n``, ``HH`` the XOR of the body's bytes in upper-case hex, at most
 82 bytes in all. The module writes ``CNBTN,<P|R|F>,<counter>`` and ``CNCAT,<code>`` and reads
 ``CNLED,<mode>``; :func:`parse` reads all three, so a test can also hold the agent's writer
-against this reader. Nothing here comes from ``agent.core.lines``: the simulator and the
-agent must not share a bug (``tests/test_lines_oracle.py`` holds the two against each other).
+against this reader. Nothing here comes from the agent's own line codec: the simulator and
+the agent must not share a bug (``tests/test_lines_oracle.py`` holds the two against each
+other).
 """
 
 from __future__ import annotations
