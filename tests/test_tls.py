@@ -28,8 +28,7 @@ import pytest
 from peers import free_port, require, wait_listening
 
 from agent import config as config_module
-from agent import uplink as uplink_module
-from agent.config import Config, MqttConfig
+from agent.config import Config
 from agent.core.frames import LedMode
 from agent.errors import ConfigError, UplinkError
 from agent.tls import CertificateTimeError, certificate_validity, check_tls_files, client_context
@@ -494,20 +493,6 @@ REFUSALS = {
 BROKER_REFUSALS = ("expired_client_cert", "client_cert_from_another_ca", "no_client_cert")
 
 
-@pytest.fixture
-def uplink_uses_agent_tls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Route the uplink's TLS through :func:`agent.tls.client_context`.
-
-    The wiring asked of agent/uplink.py; delete this fixture once the uplink calls
-    ``client_context`` itself (then it changes nothing).
-    """
-
-    def context(cfg: MqttConfig) -> ssl.SSLContext:
-        return client_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
-
-    monkeypatch.setattr(uplink_module, "tls_context", context, raising=False)
-
-
 async def refused(tmp_path: Path, pki: Pki, broker: Broker, case: str) -> list[str]:
     """Run the agent against a TLS setup that must fail; returns its uplink warnings."""
     listener, changes, expected = REFUSALS[case]
@@ -523,7 +508,6 @@ async def refused(tmp_path: Path, pki: Pki, broker: Broker, case: str) -> list[s
 
 
 @pytest.mark.asyncio
-@pytest.mark.usefixtures("uplink_uses_agent_tls")
 @pytest.mark.parametrize("case", list(REFUSALS))
 async def test_a_refused_tls_connection_is_reported_and_retried(
     tmp_path: Path, pki: Pki, broker: Broker, case: str
@@ -545,7 +529,6 @@ async def test_the_shipped_uplink_closes_the_socket_of_a_failed_handshake(
 
 
 @pytest.mark.asyncio
-@pytest.mark.usefixtures("uplink_uses_agent_tls")
 @pytest.mark.parametrize("case", BROKER_REFUSALS)
 async def test_the_uplink_warning_names_the_broker_refusal(
     tmp_path: Path, pki: Pki, broker: Broker, case: str
