@@ -48,6 +48,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 HIL_DIR = Path(__file__).resolve().parent
 REPO = HIL_DIR.parent
@@ -251,13 +252,33 @@ def fresh_image(prefix: str) -> tuple[Path, Path]:
     return workdir, image
 
 
+class Settings(NamedTuple):
+    """A power-cut run's knobs, from the environment (POWERCUT_*) and the command line."""
+
+    expect_failure: bool  # --expect-failure: the self-test, which must lose calls
+    seed: int
+    runs: int
+    window_ms: float  # cuts fall uniformly in 0..window_ms
+    fault: str  # a self-test's cheat ("" for none)
+    keep: bool  # keep the work directory and the image
+
+    @classmethod
+    def read(cls, argv: list[str], window_var: str, window_ms: float) -> Settings:
+        env = os.environ
+        return cls(
+            "--expect-failure" in argv,
+            int(env.get("POWERCUT_SEED", "1")),
+            int(env.get("POWERCUT_RUNS", "20")),
+            float(env.get(window_var, str(window_ms))),
+            env.get("POWERCUT_FAULT", ""),
+            env.get("POWERCUT_KEEP", "0") == "1",
+        )
+
+
 def main(argv: list[str]) -> int:
-    expect_failure = "--expect-failure" in argv
-    seed = int(os.environ.get("POWERCUT_SEED", "1"))
-    runs = int(os.environ.get("POWERCUT_RUNS", "20"))
-    window_ms = float(os.environ.get("POWERCUT_WINDOW_MS", "1500"))
-    fault = os.environ.get("POWERCUT_FAULT", "")
-    keep = os.environ.get("POWERCUT_KEEP", "0") == "1"
+    expect_failure, seed, runs, window_ms, fault, keep = Settings.read(
+        argv, "POWERCUT_WINDOW_MS", 1500.0
+    )
     rng = random.Random(seed)
     workdir, image = fresh_image("powercut.")
     print(

@@ -40,7 +40,7 @@ from pathlib import Path
 HIL_DIR = Path(__file__).resolve().parent
 REPO = HIL_DIR.parent
 sys.path.insert(0, str(HIL_DIR))
-from powercut import IMAGE_MB, fresh_image  # noqa: E402  (the same image as the outbox run)
+from powercut import IMAGE_MB, Settings, fresh_image  # noqa: E402  (the same image as the outbox run)
 
 MOUNT = "/run/state"
 BOOT_TIMEOUT_S = 240.0
@@ -163,12 +163,9 @@ def check_boot(b: Boot, run: int, expect: list[str], final: bool, tally: Tally) 
 
 
 def main(argv: list[str]) -> int:
-    expect_failure = "--expect-failure" in argv
-    seed = int(os.environ.get("POWERCUT_SEED", "1"))
-    runs = int(os.environ.get("POWERCUT_RUNS", "20"))
-    window_ms = float(os.environ.get("POWERCUT_CUT_MS", "50"))
-    fault = os.environ.get("POWERCUT_FAULT", "")
-    keep = os.environ.get("POWERCUT_KEEP", "0") == "1"
+    expect_failure, seed, runs, window_ms, fault, keep = Settings.read(
+        argv, "POWERCUT_CUT_MS", 50.0
+    )
     rng = random.Random(seed)
     workdir, image = fresh_image("powercut-e2e.")
     env_extra = {}
