@@ -40,9 +40,9 @@ from pathlib import Path
 HIL_DIR = Path(__file__).resolve().parent
 REPO = HIL_DIR.parent
 sys.path.insert(0, str(HIL_DIR))
-from powercut import IMAGE_MB, Settings, fresh_image  # noqa: E402  (the same image as the outbox run)
+# the same image, mount point and knobs as the outbox run
+from powercut import IMAGE_MB, MOUNT, Settings, fresh_image  # noqa: E402
 
-MOUNT = "/run/state"
 BOOT_TIMEOUT_S = 240.0
 POLL_S = 0.002
 
