@@ -122,6 +122,7 @@ class Agent:
             self.outbox,
             counted,
             lambda: self.clock.source,
+            lambda: self.uplink.broker,
         )
         self.presenter = Presenter(
             parts, leds, self.uplink.publish_status, lambda: self.uplink.connected

@@ -44,6 +44,7 @@ class Sources:
     outbox: Outbox
     counted: Mapping[str, list[Counted]]
     clock: Callable[[], str]  # the wall clock in use: "system" | "gps" | "unsynced"
+    broker: Callable[[], str] | None = None  # host:port of the MQTT broker in use
 
 
 class Presenter:
@@ -81,6 +82,7 @@ class Presenter:
             oldest_pending_s=oldest,
             storage=parts.outbox.storage,
             clock=parts.clock(),
+            broker=parts.broker() if parts.broker is not None else None,
             counters=counters,
         )
 

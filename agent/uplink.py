@@ -6,8 +6,12 @@ source of truth for what still has to go out: after each CONNACK every pending m
 published again (QoS 1 allows the duplicate; it carries the same incident id and sequence).
 
 Persistent session (MQTT 5 clean_start=False with a session expiry, or 3.1.1
-clean_session=False), Last Will with a retained ``offline`` status, keep-alive at most 30 s,
-reconnects with capped exponential backoff and full jitter, never giving up.
+clean_session=False), Last Will with a retained ``offline`` status (MQTT 5: after a Will
+Delay), keep-alive at most 30 s, reconnects with capped exponential backoff and full jitter,
+never giving up. ``mqtt.host`` may list several brokers or cluster nodes: each failure moves
+to the next. What an MQTT 5 broker grants in its CONNACK (in-flight window, largest packet,
+session expiry, keep-alive) is honoured (:mod:`agent.broker_limits`); a CONNACK that says
+busy, over quota or over the connection rate means a long backoff.
 """
 
 from __future__ import annotations
@@ -29,17 +33,23 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.backoff import backoff_delays
+from agent.broker_limits import BUSY_REASONS, BrokerLimits, publish_size
 from agent.config import MqttConfig
 from agent.core.wallclock import Reading
 from agent.errors import UplinkError
 from agent.outbox import Entry, Outbox
 from agent.paho_loop import PahoOnLoop
+from agent.schemas import SCHEMA_VERSION
 from agent.uplink_tls import UplinkTls
 
 log = logging.getLogger("agent.uplink")
 
 CONNACK_TIMEOUT_S = 10.0
 URGENT = ("request", "cancel")  # what the driver is waiting for
+
+
+class BrokerBusy(UplinkError):
+    """The CONNACK said server busy, quota exceeded or connection rate exceeded."""
 
 
 class UplinkEvents(Protocol):
@@ -96,15 +106,31 @@ class Uplink:
         self._urgent = False  # the last connection died under a call: reconnect at once
         self._last_error: str | None = None  # paho's last error line on this connection
         self._waiters: dict[int, asyncio.Future[None]] = {}  # status mid -> its PUBACK
+        self._status_mids: set[int] = set()  # status messages awaiting their PUBACK
+        self._status_due = False  # a status waits for room in the broker's window
+        self._starved = False  # pending messages wait for room in the broker's window
         self._wake = asyncio.Event()  # something urgent to send while disconnected
         self.connects = 0
         self.attempts = 0
         self.counters: dict[str, int] = {}
+        self._endpoints = cfg.endpoints()
+        self._node = 0  # the index in _endpoints of the broker in use or tried next
+        self.limits = BrokerLimits()  # what the current connection's CONNACK granted
+        self._oversize: set[tuple[str, str, int]] = set()  # logged once each
         self._tls = UplinkTls(cfg, self.counters, clock)
 
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def broker(self) -> str:
+        """``host:port`` of the broker in use (or tried next): the status's ``broker``."""
+        host, port = self._endpoints[self._node]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _next_broker(self) -> None:
+        self._node = (self._node + 1) % len(self._endpoints)
 
     # -- public operations ------------------------------------------------------------------
 
@@ -118,12 +144,19 @@ class Uplink:
             if urgent:
                 self._wake.set()
             return
-        for entry in self.outbox.pending():
+        pending = self.outbox.pending()
+        pending.sort(key=lambda e: e.kind not in URGENT)  # what the driver waits for first
+        for entry in pending:
             if entry.key in self._sent:
                 continue
-            info = client.publish(
-                entry.topic, entry.payload, qos=1, properties=self._properties(entry)
-            )
+            if self._window_full():
+                self._starved = True  # the broker's Receive Maximum: the rest follows PUBACKs
+                break
+            props = self._properties(entry)
+            if not self.limits.fits(publish_size(entry.topic, entry.payload, props)):
+                self._too_large(entry)
+                continue
+            info = client.publish(entry.topic, entry.payload, qos=1, properties=props)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 log.warning(
                     "publish of %s %s/%d failed: rc=%d",
@@ -138,6 +171,24 @@ class Uplink:
             if entry.kind in URGENT and self._loop is not None:
                 self._loop.call_later(self.publish_timeout_s, self._deadline, client, info.mid)
         self._flush()
+
+    def _window_full(self) -> bool:
+        return len(self._inflight) + len(self._status_mids) >= self.limits.inflight
+
+    def _too_large(self, entry: Entry) -> None:
+        """Larger than the broker's Maximum Packet Size: it would end the connection, so it
+        stays in the outbox (another broker may take it) and is counted, logged once."""
+        if entry.key in self._oversize:
+            return
+        self._oversize.add(entry.key)
+        self.counters["publish_oversize"] = self.counters.get("publish_oversize", 0) + 1
+        log.error(
+            "%s %s/%d is larger than the broker's maximum packet size (%s bytes): not sent",
+            entry.kind,
+            entry.incident_id,
+            entry.sequence,
+            self.limits.maximum_packet_size,
+        )
 
     def _deadline(self, client: mqtt.Client, mid: int) -> None:
         """No PUBACK within ``publish_timeout_s``: drop this connection and connect again.
@@ -164,10 +215,15 @@ class Uplink:
         client = self._client
         if client is None or not self._connected or self._closing:
             return  # once closing, the offline status is the last word (no Last Will follows)
+        if self._window_full():
+            self._status_due = True  # sent when a PUBACK makes room
+            return
+        self._status_due = False
         payload = json.dumps(self._status("online")).encode()
-        client.publish(
+        info = client.publish(
             self.topics.status, payload, qos=1, retain=True, properties=self._json_properties()
         )
+        self._status_mids.add(info.mid)
         self._flush()
 
     async def run(self) -> None:
@@ -179,22 +235,24 @@ class Uplink:
         try:
             while True:
                 self._wake.clear()
+                busy: BrokerBusy | None = None
                 try:
                     await self._serve_once()
                     delays = backoff_delays(*backoff)  # it worked: start over
                     failures = 0
                 except (OSError, UplinkError, TimeoutError, ssl.SSLError) as exc:
                     failures += 1
-                    blamed = self._tls.clock_problem(exc, failures)  # logged there if so
-                    if not blamed and (failures == 1 or failures % 20 == 0):  # now and then
+                    busy = exc if isinstance(exc, BrokerBusy) else None
+                    # a clock problem is logged there
+                    blamed = self._tls.clock_problem(exc, failures, self.broker)
+                    if busy is not None or (
+                        not blamed and (failures == 1 or failures % 20 == 0)  # now and then
+                    ):
                         log.warning(
-                            "MQTT %s:%d unavailable (%d attempt(s)): %s",
-                            self.cfg.host,
-                            self.cfg.port,
-                            failures,
-                            exc,
+                            "MQTT %s unavailable (%d attempt(s)): %s", self.broker, failures, exc
                         )
                 self.attempts += 1
+                self._next_broker()  # a cluster's nodes are equivalent: the next one
                 self.events.on_connection(False)
                 if self._urgent or self._wake.is_set():  # a call waits: no backoff, once
                     self._urgent = False
@@ -202,6 +260,10 @@ class Uplink:
                     log.info("reconnecting to MQTT now: a call is waiting")
                     continue
                 delay = next(delays)
+                if busy is not None:  # the broker sheds load: stay away, not in step
+                    self.counters["broker_busy"] = self.counters.get("broker_busy", 0) + 1
+                    delay = self.cfg.busy_backoff_s * self._rng.uniform(0.5, 1.5)
+                    log.warning("MQTT broker asked to wait: next attempt in %.0f s", delay)
                 log.debug("reconnecting to MQTT in %.1f s", delay)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
@@ -248,13 +310,10 @@ class Uplink:
         )
         client.enable_logger(logging.getLogger("agent.uplink.paho"))
         will = json.dumps(self._status("offline")).encode()
-        client.will_set(
-            self.topics.status,
-            will,
-            qos=1,
-            retain=True,
-            properties=self._json_properties(PacketTypes.WILLMESSAGE),
-        )
+        will_props = self._json_properties(PacketTypes.WILLMESSAGE)
+        if will_props is not None and self.cfg.will_delay_s:
+            will_props.WillDelayInterval = self.cfg.will_delay_s  # a brief drop: no offline
+        client.will_set(self.topics.status, will, qos=1, retain=True, properties=will_props)
         if self.cfg.tls:
             client.tls_set_context(self._tls.context())
         client.on_connect = self._on_connect
@@ -274,6 +333,8 @@ class Uplink:
         self._disconnected = loop.create_future()
         self._connack = loop.create_future()
         self._last_error = None
+        self.limits = BrokerLimits()
+        host, port = self._endpoints[self._node]
         kwargs: dict[str, Any] = {}
         if self.cfg.protocol == "5":
             props = Properties(PacketTypes.CONNECT)
@@ -283,23 +344,22 @@ class Uplink:
             # connect() resolves and opens the socket (and TLS): blocking, so in a thread.
             await loop.run_in_executor(
                 None,
-                partial(
-                    client.connect, self.cfg.host, self.cfg.port, self.cfg.keepalive_s, **kwargs
-                ),
+                partial(client.connect, host, port, self.cfg.keepalive_s, **kwargs),
             )
             async with asyncio.timeout(CONNACK_TIMEOUT_S):
                 session_present = await self._connack
             self._connected = True
             self.connects += 1
+            granted = self.limits.describe(self.cfg.session_expiry_s, self.cfg.keepalive_s)
             log.info(
-                "MQTT connected to %s:%d (session present: %s)",
-                self.cfg.host,
-                self.cfg.port,
+                "MQTT connected to %s (session present: %s)%s",
+                self.broker,
                 session_present,
+                f"; the broker grants {', '.join(granted)}" if granted else "",
             )
             client.subscribe(self.topics.ack, qos=1)
+            self.kick()  # what the driver waits for goes first into the broker's window
             self.publish_status()
-            self.kick()
             self.events.on_connection(True)
             while not self._disconnected.done():
                 client.loop_misc()  # keep-alive pings and timeouts
@@ -320,6 +380,8 @@ class Uplink:
         self._inflight.clear()
         self._sent.clear()
         self._waiters.clear()
+        self._status_mids.clear()
+        self._status_due = self._starved = False
 
     def _flush(self) -> None:
         if self._io is not None:
@@ -331,6 +393,7 @@ class Uplink:
         props = Properties(packet)
         props.ContentType = "application/json"
         props.PayloadFormatIndicator = 1
+        props.UserProperty = ("schema", SCHEMA_VERSION)  # the contract's version (SPEC §5)
         return props
 
     def _properties(self, entry: Entry) -> Properties | None:
@@ -338,6 +401,10 @@ class Uplink:
         if props is not None:
             props.ResponseTopic = self.topics.ack
             props.CorrelationData = entry.incident_id.encode()
+            if entry.kind == "update" and self.cfg.update_expiry_s:
+                # counted from the update's creation: one that waited in the outbox is older
+                age = self.outbox.age_s(entry) or 0.0
+                props.MessageExpiryInterval = max(1, round(self.cfg.update_expiry_s - age))
         return props
 
     # -- paho callbacks (socket ones may come from the connect thread) ----------------------
@@ -352,9 +419,11 @@ class Uplink:
         if self._connack is None or self._connack.done():
             return
         if reason.is_failure:
-            self._connack.set_exception(UplinkError(f"broker refused the connection: {reason}"))
+            kind = BrokerBusy if reason.value in BUSY_REASONS else UplinkError
+            self._connack.set_exception(kind(f"broker refused the connection: {reason}"))
         else:
             self._tls.connected(client)
+            self.limits = BrokerLimits.from_connack(props)  # kick() keeps to its window
             self._connack.set_result(bool(flags.session_present))
 
     def _on_disconnect(
@@ -375,6 +444,9 @@ class Uplink:
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
         entry = self._inflight.pop(mid, None)
+        self._status_mids.discard(mid)
+        if (self._starved or self._status_due) and self._loop is not None:
+            self._loop.call_soon(self._refill)
         if entry is None:  # a status message
             waiter = self._waiters.pop(mid, None)
             if waiter is not None and not waiter.done():
@@ -392,6 +464,13 @@ class Uplink:
         if self._loop is not None:
             self._loop.call_soon(self.outbox.scrub)  # before anyone looks, after the delivery
         self.events.on_delivered(entry)
+
+    def _refill(self) -> None:
+        """A PUBACK made room in the broker's window: what waited for it goes out."""
+        self._starved = False
+        self.kick()
+        if self._status_due:
+            self.publish_status()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic != self.topics.ack:

@@ -76,7 +76,7 @@ class UplinkTls:
         if isinstance(context, ResumingContext) and sock.session is not None:
             context.session = sock.session
 
-    def clock_problem(self, exc: BaseException, failures: int) -> bool:
+    def clock_problem(self, exc: BaseException, failures: int, broker: str) -> bool:
         """A broker certificate refused on its dates while our clock is untrusted: say so.
 
         OpenSSL checks validity against the system clock, which on a board without RTC may be
@@ -92,10 +92,9 @@ class UplinkTls:
         self.counters["tls_clock_errors"] = self.counters.get("tls_clock_errors", 0) + 1
         if failures == 1 or failures % 20 == 0:
             log.warning(
-                "MQTT %s:%d: clock problem, not a certificate problem: the broker's certificate "
+                "MQTT %s: clock problem, not a certificate problem: the broker's certificate "
                 "%s by the system clock (%s), which is not trusted (wall clock: %s, %s); %s",
-                self.cfg.host,
-                self.cfg.port,
+                broker,
                 failed,
                 rfc3339_ms(datetime.now(UTC)),
                 reading.source,

@@ -60,6 +60,9 @@ def test_defaults_and_examples_pass_their_own_checks_and_have_the_declared_type(
 
 
 def _is_instance(value: object, hint: object) -> bool:
+    if typing.get_origin(hint) is tuple:  # tuple[X, ...]
+        item = typing.get_args(hint)[0]
+        return isinstance(value, tuple) and all(isinstance(v, item) for v in value)
     args = typing.get_args(hint)
     types = tuple(type(None) if a is type(None) else a for a in args) if args else (hint,)
     return isinstance(value, types)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from agent.core.vin import vin_problem
 from agent.errors import ConfigError, shown
@@ -222,6 +222,69 @@ def host(value: Any, ctx: Ctx) -> str:
             )
         raise ctx.fail("a host name or an IP address", value)
     return name
+
+
+MAX_BROKERS = 16
+
+
+class Broker(NamedTuple):
+    """One broker or cluster node of ``mqtt.host``; ``port`` None: ``mqtt.port``."""
+
+    host: str
+    port: int | None = None
+
+    def __str__(self) -> str:
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        return name if self.port is None else f"{name}:{self.port}"
+
+
+def _broker(item: Any, ctx: Ctx) -> Broker:
+    expected = "a host name or IP address, optionally with ':port'"
+    name = text(item, ctx)
+    if is_ip(name):  # IPv4, or a bare IPv6 address (its colons are not a port)
+        return Broker(name)
+    if name.startswith("["):  # [IPv6]:port
+        inside, sep, rest = name[1:].partition("]")
+        if not sep or not is_ip(inside) or (rest and not rest.startswith(":")):
+            raise ctx.fail(expected, item)
+        return Broker(inside, _port(rest[1:], item, ctx) if rest else None)
+    bare, sep, port = name.rpartition(":")
+    if not sep:
+        bare = name
+    if not (is_hostname(bare) or is_ip(bare)):
+        raise ctx.fail(expected, item)
+    return Broker(bare, _port(port, item, ctx) if sep else None)
+
+
+def _port(text_: str, item: Any, ctx: Ctx) -> int:
+    if not text_.isdigit() or not 1 <= int(text_) <= 65535:
+        raise ctx.fail("a port from 1 to 65535 after ':'", item)
+    return int(text_)
+
+
+@check(
+    "a broker's host name or IP address, or a list of them (cluster nodes), each optionally "
+    "with ':port'"
+)
+def brokers(value: Any, ctx: Ctx) -> tuple[Broker, ...]:
+    """``"a"``, ``"a:8883"``, ``["a:8883", "b:8883"]``, or (environment, --set) ``"a,b:8883"``."""
+    if isinstance(value, str):
+        items: list[Any] = [part for part in value.split(",") if part.strip()] or [value]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ctx.fail(brokers.expected, value)
+    if not items:
+        raise ctx.fail("at least one broker", value)
+    if len(items) > MAX_BROKERS:
+        raise ctx.fail(f"at most {MAX_BROKERS} brokers", f"{len(items)} of them")
+    parsed = tuple(_broker(item, ctx) for item in items)
+    seen: set[Broker] = set()
+    for broker in parsed:
+        if broker in seen:
+            raise ctx.fail(f"each broker once ({broker} is listed twice)", value)
+        seen.add(broker)
+    return parsed
 
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")

@@ -190,10 +190,10 @@ def _build(path: Path, s: Settings) -> Config:
             f"{path}: key 'mqtt.tls': plain TCP sends the driver's data unencrypted; "
             "expected true, or mqtt.allow_insecure = true to allow it explicitly"
         )
-    elif not is_loopback(mqtt.host):
+    elif remote := [str(b) for b in mqtt.host if not is_loopback(b.host)]:
         raise ConfigError(
             f"{path}: key 'mqtt.host': plain TCP (mqtt.tls = false) is only allowed to a "
-            f"broker on loopback, got {shown(mqtt.host)}"
+            f"broker on loopback, got {shown(', '.join(remote))}"
         )
     if s.button.source == "serial" and s.serial.port is None:
         raise ConfigError(f"{path}: key 'serial.port' is required when button.source = 'serial'")
@@ -247,4 +247,7 @@ def effective(config: Config) -> dict[str, dict[str, Any]]:
 def _shown(spec: Key, value: object) -> object:
     if spec.personal:
         return mask(value)
+    if isinstance(value, tuple):  # mqtt.host: as written, one broker or a list
+        texts = [str(item) for item in value]
+        return texts[0] if len(texts) == 1 else texts
     return str(value) if isinstance(value, Path) else value

@@ -134,13 +134,14 @@ class GpsdConfig:
 class MqttConfig:
     """The MQTT broker of the assistance backend."""
 
-    host: str = key(
+    host: tuple[c.Broker, ...] = key(
         REQUIRED,
-        c.host,
-        "the broker's host name or IP address",
+        c.brokers,
+        "the broker, or a list of cluster nodes tried in turn (each 'host' or 'host:port'); "
+        "on failure the agent moves to the next, with backoff and jitter",
         example="assistance-broker.example.net",
     )
-    port: int = key(8883, c.integer(1, 65535), "the broker's TCP port")
+    port: int = key(8883, c.integer(1, 65535), "the brokers' TCP port where host gives none")
     protocol: str = key("5", c.choice("5", "3.1.1"), "MQTT version; 3.1.1 for brokers without 5")
     topic_root: str = key(
         "assistance/v1", c.topic_root, "topics are <topic_root>/<vin>/{request,cancel,...}"
@@ -182,12 +183,34 @@ class MqttConfig:
     ack_timeout_s: float = key(
         30.0, c.number(1, 3600), "PUBACKed but no backend answer by then: publish it again"
     )
+    will_delay_s: int = key(
+        30,
+        c.integer(0, 3600),
+        "MQTT 5 Will Delay: the broker publishes the offline Last Will only after this long "
+        "without us, so a brief drop does not show offline (no longer than session_expiry_s)",
+    )
+    update_expiry_s: int = key(
+        600,
+        c.integer(0, 86400),
+        "MQTT 5 Message Expiry of a position update, counted from its creation: a broker drops "
+        "one the backend has not taken by then (0: never)",
+    )
+    busy_backoff_s: float = key(
+        60.0,
+        c.number(1, 3600),
+        "after CONNACK 0x89 server busy, 0x97 quota exceeded or 0x9F connection rate "
+        "exceeded: wait this long, +-50 % jitter (a press still tries at once)",
+    )
     publish_timeout_s: float = key(
         3.0,
         c.number(0.5, 60),
         "a request or cancel not PUBACKed by then: the link is dead, reconnect at once "
         "(above the link's worst round trip plus two retransmissions)",
     )
+
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        """Every broker as (host, port), in the order they are tried."""
+        return tuple((b.host, self.port if b.port is None else b.port) for b in self.host)
 
 
 @dataclass(frozen=True, slots=True)

@@ -201,6 +201,7 @@ def build_status(
     storage: str,
     counters: dict[str, int],
     clock: str | None = None,
+    broker: str | None = None,
 ) -> dict[str, Any]:
     """The retained status document (SPEC §6): health and counters, never a position."""
     return {
@@ -216,4 +217,5 @@ def build_status(
         "storage": storage,
         "counters": {name: n for name, n in sorted(counters.items()) if n},
         **({} if clock is None else {"clock": clock}),
+        **({} if broker is None else {"broker": broker}),
     }

@@ -158,6 +158,10 @@ class Outbox(Disk):
         ages = [age for stamp in stamps if (age := age_s(stamp, now)) is not None]
         return max(ages) if ages else None
 
+    def age_s(self, entry: Entry) -> float | None:
+        """How long ``entry`` has waited since it was created (None: no clock can tell)."""
+        return age_s(entry.stamp, self._clock())
+
     def purge_expired(self) -> int:
         """Delete messages and incidents older than the retention period; returns rows gone.
 

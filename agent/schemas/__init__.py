@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Any
 
 NAMES = ("request", "cancel", "update", "ack", "status")
+SCHEMA_VERSION = "1"  # every schema's $id ends in -1.json; sent as the user property "schema"
 
 
 @cache
