@@ -151,6 +151,10 @@ class Uplink:
                 continue
             if self._window_full():
                 self._starved = True  # the broker's Receive Maximum: the rest follows PUBACKs
+                if entry.kind in URGENT and self._loop is not None:  # a dead link must not
+                    self._loop.call_later(  # hold it behind the window: the same deadline
+                        self.publish_timeout_s, self._window_deadline, client, entry.key
+                    )
                 break
             props = self._properties(entry)
             if not self.limits.fits(publish_size(entry.topic, entry.payload, props)):
@@ -174,6 +178,15 @@ class Uplink:
 
     def _window_full(self) -> bool:
         return len(self._inflight) + len(self._status_mids) >= self.limits.inflight
+
+    def _window_deadline(self, client: mqtt.Client, key: tuple[str, str, int]) -> None:
+        """A request or cancel still waits for room in the window: the link is dead."""
+        if client is not self._client or key in self._sent or not self._window_full():
+            return
+        self.counters["publish_timeouts"] = self.counters.get("publish_timeouts", 0) + 1
+        log.warning("no PUBACK made room for %s %s/%d: reconnecting", *key)
+        self._urgent = True
+        self._lost()
 
     def _too_large(self, entry: Entry) -> None:
         """Larger than the broker's Maximum Packet Size: it would end the connection, so it
