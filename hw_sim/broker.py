@@ -248,6 +248,15 @@ class EmbeddedBroker(Service):
         else:
             self._refusals[client_id] = reason
 
+    def disconnect(self, client_id: str, reason: int = Reason.SERVER_SHUTTING_DOWN) -> bool:
+        """End ``client_id``'s connection (MQTT 5: DISCONNECT ``reason``), its Will published as
+        after any server-side close; False when it is not connected."""
+        conn = self._connection_of(client_id)
+        if conn is None:
+            return False
+        self._drop(conn, reason, will=True)
+        return True
+
     def hold_acks(self, client_id: str) -> None:
         """Hold back the PUBACKs of ``client_id``'s QoS 1 messages until released."""
         self._holding.add(client_id)
