@@ -297,6 +297,43 @@ async def test_receive_maximum_1_keeps_one_in_flight_and_the_call_goes_first(
 
 
 @pytest.mark.asyncio
+async def test_a_request_behind_a_window_that_never_opens_goes_on_a_new_connection(
+    tmp_path: Path, fake_gpsd: FakeGpsd, production: BrokerFactory
+) -> None:
+    """No PUBACK makes room (a dead path): the request waiting for the window gets the same
+    publish deadline as one in flight, and a new connection carries it."""
+    overrides = {"button.cancel_window_s": "0", "mqtt.publish_timeout_s": "1.5"}
+    async with (
+        production(limits=ProductionLimits(receive_maximum=1)) as broker,
+        Scenario(tmp_path, broker.port, fake_gpsd.port, overrides=overrides) as sim,
+    ):
+        sim.agent.update_interval_s = 0.3
+        await sim.car.hold(2100)
+        [request] = await sim.backend.wait_for("request", 1, timeout=DEADLINE)
+        await sim.agent.wait_until(lambda: sim.agent.outbox.count() == 0, DEADLINE)
+        broker.hold_acks(CLIENT)
+        sim.car.set_status(battery_12v_v=11.2)  # an update takes the window, never acked
+        await until(broker, lambda b: b.held_acks(CLIENT) == 1)
+        first = broker.record.connects_of(CLIENT)[-1].connection
+        await sim.car.hold(2100)  # the re-send waits for the window
+        await until(broker, lambda b: b.record.connects_of(CLIENT)[-1].connection != first)
+        broker.resume_acks(CLIENT)  # the new path works
+        await sim.backend.wait_for("request", 2, timeout=DEADLINE)
+        counters = dict(sim.agent.uplink.counters)
+
+    resent = [r for r in agent_publishes(broker, "request") if r.connection != first]
+    assert resent
+    assert {json.loads(r.payload)["sequence"] for r in resent} == {2}
+    assert all(
+        json.loads(r.payload)["sequence"] == 1
+        for r in agent_publishes(broker, "request")
+        if r.connection == first
+    )
+    assert request.payload["sequence"] == 1
+    assert counters["publish_timeouts"] >= 1
+
+
+@pytest.mark.asyncio
 async def test_a_message_over_the_maximum_packet_size_is_kept_back_and_counted(
     tmp_path: Path, fake_gpsd: FakeGpsd, production: BrokerFactory
 ) -> None:
