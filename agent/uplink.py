@@ -109,6 +109,7 @@ class Uplink:
         self._status_mids: set[int] = set()  # status messages awaiting their PUBACK
         self._status_due = False  # a status waits for room in the broker's window
         self._starved = False  # pending messages wait for room in the broker's window
+        self._urgent_waiting = False  # among them a request or cancel: the status goes after
         self._wake = asyncio.Event()  # something urgent to send while disconnected
         self.connects = 0
         self.attempts = 0
@@ -146,11 +147,13 @@ class Uplink:
             return
         pending = self.outbox.pending()
         pending.sort(key=lambda e: e.kind not in URGENT)  # what the driver waits for first
+        self._urgent_waiting = False
         for entry in pending:
             if entry.key in self._sent:
                 continue
             if self._window_full():
                 self._starved = True  # the broker's Receive Maximum: the rest follows PUBACKs
+                self._urgent_waiting = entry.kind in URGENT
                 if entry.kind in URGENT and self._loop is not None:  # a dead link must not
                     self._loop.call_later(  # hold it behind the window: the same deadline
                         self.publish_timeout_s, self._window_deadline, client, entry.key
@@ -228,8 +231,10 @@ class Uplink:
         client = self._client
         if client is None or not self._connected or self._closing:
             return  # once closing, the offline status is the last word (no Last Will follows)
-        if self._window_full():
-            self._status_due = True  # sent when a PUBACK makes room
+        if self._window_full() or self._urgent_waiting:
+            # sent when a PUBACK makes room, after a request or cancel waiting for it (a
+            # delivery publishes a status at once, before the refill: it must not take the room)
+            self._status_due = True
             return
         self._status_due = False
         payload = json.dumps(self._status("online")).encode()
@@ -394,7 +399,7 @@ class Uplink:
         self._sent.clear()
         self._waiters.clear()
         self._status_mids.clear()
-        self._status_due = self._starved = False
+        self._status_due = self._starved = self._urgent_waiting = False
 
     def _flush(self) -> None:
         if self._io is not None:

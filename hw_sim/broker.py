@@ -6,7 +6,15 @@ packets are encoded and decoded in :mod:`hw_sim.mqtt_codec`; the state kept per 
 :mod:`hw_sim.mqtt_session`.
 
 Scope, frozen: what the agent and its tests use of a broker, and no more. New features go to
-Mosquitto, which the tests use wherever it is installed; this broker only gets fixes.
+Mosquitto, which the tests use wherever it is installed; this broker only gets fixes, and the
+one thing Mosquitto cannot do: behave like a production broker tier on demand (issue 18).
+
+Production behaviour, for tests (:mod:`hw_sim.broker_record`): CONNACK grants a Receive
+Maximum, a Server Keep Alive and a capped Session Expiry (``limits``); a CONNECT is refused with
+a chosen reason code (:meth:`EmbeddedBroker.refuse`, e.g. 0x89 server busy); a client's PUBACKs
+are held back and released (:meth:`EmbeddedBroker.hold_acks`), so its in-flight window fills;
+and :attr:`EmbeddedBroker.record` keeps every CONNECT (with its Will's properties), PUBLISH
+(properties, size, unacknowledged count), PINGREQ and DISCONNECT sent.
 
 Supported: CONNECT/CONNACK with persistent sessions (clean session / clean start, Session Expiry
 Interval, session takeover), PUBLISH QoS 0, 1 and 2 inbound (QoS 2 exactly once, with
@@ -32,9 +40,9 @@ Limits:
   most ``max_queued_messages`` (further messages are dropped and counted), keeps at most
   ``max_inflight_messages`` unacknowledged (or the client's Receive Maximum, if smaller), and a
   client whose unread output passes ``max_write_buffer`` is cut off. The broker's own Receive
-  Maximum is neither advertised nor enforced. A packet over ``max_packet_size`` (1 MiB,
-  advertised) closes the connection; a message over a client's Maximum Packet Size is skipped
-  for that client.
+  Maximum is advertised only when ``limits`` sets one, and then counted, not enforced. A packet
+  over ``max_packet_size`` (1 MiB, advertised) closes the connection (MQTT 5: DISCONNECT 0x95);
+  a message over a client's Maximum Packet Size is skipped for that client.
 
 Payloads are never logged.
 """
@@ -49,11 +57,20 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 
+from hw_sim.broker_record import (
+    BrokerRecord,
+    ConnectRecord,
+    DisconnectRecord,
+    PingRecord,
+    ProductionLimits,
+    PublishRecord,
+)
 from hw_sim.mqtt_codec import (
     FIXED_FLAGS,
     MAX_VARINT,
     PINGRESP,
     PUBLISH_PROPERTIES,
+    Connect,
     Message,
     PacketError,
     PacketType,
@@ -75,6 +92,7 @@ from hw_sim.mqtt_codec import (
     encode_disconnect,
     encode_publish,
     encode_suback,
+    encode_varint,
     get_property,
     read_packet,
     topic_matches,
@@ -98,7 +116,9 @@ class EmbeddedBroker(Service):
 
     ``port`` 0 picks a free port; :attr:`port` is the real one once started. ``keep_alive_grace``
     is the multiple of a client's keep-alive after which a silent client is dropped (1.5 in the
-    standard; tests may shrink it).
+    standard; tests may shrink it). ``limits``: what CONNACK grants, as a production broker
+    would (see :class:`hw_sim.broker_record.ProductionLimits`); it may be changed while running,
+    for the connections that follow.
     """
 
     def __init__(
@@ -112,6 +132,7 @@ class EmbeddedBroker(Service):
         keep_alive_grace: float = 1.5,
         connect_timeout: float = 10.0,
         max_write_buffer: int = 16 * 1024 * 1024,
+        limits: ProductionLimits | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -121,10 +142,23 @@ class EmbeddedBroker(Service):
         self.keep_alive_grace = keep_alive_grace
         self.connect_timeout = connect_timeout
         self.max_write_buffer = max_write_buffer
+        self.limits = limits or ProductionLimits()
+        self.record = BrokerRecord()
         self.retained: dict[str, Message] = {}
         self.counters: dict[str, int] = dict.fromkeys(
-            ("connections", "malformed", "received", "delivered", "dropped"), 0
+            (
+                "connections",
+                "malformed",
+                "received",
+                "delivered",
+                "dropped",
+                "refused",
+                "receive_maximum_exceeded",
+            ),
+            0,
         )
+        self._refusals: dict[str | None, int] = {}  # client id (None: any) -> CONNACK reason
+        self._holding: set[str] = set()  # client ids whose PUBACKs are held back
         self._sessions: dict[str, Session] = {}
         self._connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -204,6 +238,57 @@ class EmbeddedBroker(Service):
         self._changed.set()
         self._changed = asyncio.Event()
 
+    # -- production behaviour on demand ---------------------------------------------------------
+
+    def refuse(self, reason: int | None, client_id: str | None = None) -> None:
+        """Answer the next CONNECTs (of ``client_id``, or of anyone) with CONNACK ``reason``
+        and close, as a broker shedding load does (0x89, 0x97, 0x9F); None accepts again."""
+        if reason is None:
+            self._refusals.pop(client_id, None)
+        else:
+            self._refusals[client_id] = reason
+
+    def disconnect(self, client_id: str, reason: int = Reason.SERVER_SHUTTING_DOWN) -> bool:
+        """End ``client_id``'s connection (MQTT 5: DISCONNECT ``reason``), its Will published as
+        after any server-side close; False when it is not connected."""
+        conn = self._connection_of(client_id)
+        if conn is None:
+            return False
+        self._drop(conn, reason, will=True)
+        return True
+
+    def hold_acks(self, client_id: str) -> None:
+        """Hold back the PUBACKs of ``client_id``'s QoS 1 messages until released."""
+        self._holding.add(client_id)
+
+    def release_acks(self, client_id: str, count: int | None = None) -> int:
+        """Send ``count`` (None: all) of the PUBACKs held for ``client_id``, oldest first, and
+        go on holding the next ones; return how many were sent."""
+        conn = self._connection_of(client_id)
+        if conn is None:
+            return 0
+        sent = 0
+        while conn.held_acks and (count is None or sent < count):
+            packet_id, packet = conn.held_acks.popleft()
+            conn.unacked.discard(packet_id)
+            self._send(conn, packet)
+            sent += 1
+        self._notify()
+        return sent
+
+    def resume_acks(self, client_id: str) -> int:
+        """Stop holding ``client_id``'s PUBACKs and send those held; return how many."""
+        self._holding.discard(client_id)
+        return self.release_acks(client_id)
+
+    def held_acks(self, client_id: str) -> int:
+        conn = self._connection_of(client_id)
+        return len(conn.held_acks) if conn is not None else 0
+
+    def _connection_of(self, client_id: str) -> Connection | None:
+        session = self._sessions.get(client_id)
+        return session.connection if session is not None else None
+
     # -- connection handling --------------------------------------------------------------------
 
     async def _handle_client(
@@ -218,6 +303,7 @@ class EmbeddedBroker(Service):
         conn = Connection(reader, writer)
         self._connections.add(conn)
         self.counters["connections"] += 1
+        conn.serial = self.counters["connections"]
         will = True
         try:
             await self._serve(conn)
@@ -261,7 +347,7 @@ class EmbeddedBroker(Service):
                 log.info("%r: keep-alive of %d s expired", conn, conn.keep_alive)
                 self._drop(conn, Reason.KEEP_ALIVE_TIMEOUT, will=True)
                 return
-            self._dispatch(conn, kind, flags, body)
+            self._dispatch(conn, kind, flags, body, 1 + len(encode_varint(len(body))) + len(body))
             if not conn.closed:
                 await conn.writer.drain()
 
@@ -278,9 +364,18 @@ class EmbeddedBroker(Service):
             self._drop(conn, None, will=False)
             return False
         conn.version = version = connect.version
+        conn.client_id = connect.client_id
+        at = time.monotonic()
         if any(ident == Prop.AUTHENTICATION_METHOD for ident, _ in connect.properties):
+            self._record_connect(conn, connect, at, Reason.BAD_AUTHENTICATION_METHOD)
             self._refuse(conn, Reason.BAD_AUTHENTICATION_METHOD, 0x05, "enhanced authentication")
             return False
+        refusal = self._refusals.get(connect.client_id, self._refusals.get(None))
+        if refusal is not None:
+            self.counters["refused"] += 1
+            self._record_connect(conn, connect, at, refusal)
+            self._refuse(conn, refusal, 0x03, f"told to (reason 0x{refusal:02x})")  # 3.1.1:
+            return False  # server unavailable
         receive_maximum = get_property(connect.properties, Prop.RECEIVE_MAXIMUM, 0xFFFF)
         max_packet_size = get_property(connect.properties, Prop.MAXIMUM_PACKET_SIZE, MAX_VARINT)
         if not receive_maximum or not max_packet_size:
@@ -288,11 +383,13 @@ class EmbeddedBroker(Service):
         client_id, assigned = connect.client_id, False
         if not client_id:
             if version == 4 and not connect.clean_start:
+                self._record_connect(conn, connect, at, Reason.CLIENT_IDENTIFIER_NOT_VALID)
                 self._refuse(conn, Reason.CLIENT_IDENTIFIER_NOT_VALID, 0x02, "empty client id")
                 return False
             client_id, assigned = f"auto-{uuid.uuid4().hex}", True
+        asked_expiry = get_property(connect.properties, Prop.SESSION_EXPIRY_INTERVAL, 0)
         if version == 5:
-            expiry = get_property(connect.properties, Prop.SESSION_EXPIRY_INTERVAL, 0)
+            expiry = self.limits.granted_expiry(asked_expiry)
         else:
             expiry = 0 if connect.clean_start else NEVER_EXPIRES
 
@@ -313,6 +410,8 @@ class EmbeddedBroker(Service):
         session.connection = conn
         conn.session, conn.client_id = session, client_id
         conn.keep_alive, conn.will_delay = connect.keep_alive, connect.will_delay
+        if version == 5 and self.limits.server_keep_alive is not None:
+            conn.keep_alive = self.limits.server_keep_alive  # the client must keep to it
         conn.will = replace(connect.will, sender=client_id) if connect.will else None
         conn.receive_maximum, conn.max_packet_size = receive_maximum, max_packet_size
         conn.connected = True
@@ -323,6 +422,8 @@ class EmbeddedBroker(Service):
         ]
         if assigned:
             props.append((Prop.ASSIGNED_CLIENT_IDENTIFIER, client_id))
+        props += self.limits.connack_properties(asked_expiry)
+        self._record_connect(conn, connect, at, Reason.SUCCESS)
         self._send(conn, encode_connack(version, present, Reason.SUCCESS, tuple(props)))
         log.info("%r connected (MQTT %s, session present %s)", conn, version, present)
         now = time.monotonic()
@@ -333,6 +434,22 @@ class EmbeddedBroker(Service):
         self._pump(session)
         self._notify()
         return True
+
+    def _record_connect(self, conn: Connection, connect: Connect, at: float, reason: int) -> None:
+        will = connect.will_properties if connect.will is not None else None
+        self.record.connects.append(
+            ConnectRecord(
+                conn.client_id,
+                conn.serial,
+                at,
+                connect.version,
+                connect.keep_alive,
+                connect.properties,
+                will,
+                reason,
+            )
+        )
+        self._notify()
 
     def _refuse(self, conn: Connection, reason: int, code_v3: int, why: str) -> None:
         """Answer CONNECT with a failure (``reason`` in MQTT 5, ``code_v3`` in 3.1.1) and close."""
@@ -347,7 +464,11 @@ class EmbeddedBroker(Service):
             return
         if reason is not None and conn.version == 5 and conn.connected:
             self._send(conn, encode_disconnect(reason))
+            self.record.disconnects.append(
+                DisconnectRecord(conn.client_id, conn.serial, time.monotonic(), reason)
+            )
         conn.closed = True
+        conn.held_acks.clear()
         conn.writer.close()
         session = conn.session
         if session is None or session.connection is not conn:
@@ -394,14 +515,14 @@ class EmbeddedBroker(Service):
 
     # -- packets --------------------------------------------------------------------------------
 
-    def _dispatch(self, conn: Connection, kind: int, flags: int, body: bytes) -> None:
+    def _dispatch(self, conn: Connection, kind: int, flags: int, body: bytes, size: int) -> None:
         session, version = conn.session, conn.version
         if session is None:
             raise RuntimeError("packet dispatched before CONNECT")
         if kind != PacketType.PUBLISH and flags != FIXED_FLAGS.get(kind, 0):
             raise PacketError(f"invalid fixed-header flags for packet type {kind}")
         if kind == PacketType.PUBLISH:
-            self._on_publish(conn, session, decode_publish(flags, body, version))
+            self._on_publish(conn, session, decode_publish(flags, body, version), size)
         elif kind == PacketType.PUBACK:
             packet_id, _ = decode_ack(body, version)
             if session.inflight.pop(packet_id, None) is not None:
@@ -416,6 +537,7 @@ class EmbeddedBroker(Service):
             packet_id, _ = decode_ack(body, version)
             known = packet_id in session.incoming_qos2
             session.incoming_qos2.discard(packet_id)
+            conn.unacked.discard(packet_id)
             reason = Reason.SUCCESS if known else Reason.PACKET_IDENTIFIER_NOT_FOUND
             self._send(conn, encode_ack(PacketType.PUBCOMP, packet_id, version, reason))
         elif kind == PacketType.PUBCOMP:
@@ -427,7 +549,9 @@ class EmbeddedBroker(Service):
         elif kind == PacketType.PINGREQ:
             if body:
                 raise PacketError("PINGREQ with a body")
+            self.record.pings.append(PingRecord(conn.client_id, conn.serial, time.monotonic()))
             self._send(conn, PINGRESP)
+            self._notify()
         elif kind == PacketType.DISCONNECT:
             self._on_disconnect(conn, session, *decode_disconnect(body, version))
         elif kind == PacketType.CONNECT:
@@ -435,7 +559,7 @@ class EmbeddedBroker(Service):
         else:
             raise PacketError(f"unexpected packet type {kind}", Reason.PROTOCOL_ERROR)
 
-    def _on_publish(self, conn: Connection, session: Session, packet: Publish) -> None:
+    def _on_publish(self, conn: Connection, session: Session, packet: Publish, size: int) -> None:
         if not valid_topic_name(packet.topic):
             raise PacketError("invalid topic name in PUBLISH", Reason.TOPIC_NAME_INVALID)
         for ident, _ in packet.properties:
@@ -447,6 +571,7 @@ class EmbeddedBroker(Service):
         if packet.qos == 2 and packet.packet_id in session.incoming_qos2:
             self._send(conn, encode_ack(PacketType.PUBREC, packet.packet_id, conn.version))
             return
+        self._record_publish(conn, packet, size)
         message = Message(
             packet.topic,
             packet.payload,
@@ -459,10 +584,38 @@ class EmbeddedBroker(Service):
         matched = self._publish(message)
         reason = Reason.SUCCESS if matched else Reason.NO_MATCHING_SUBSCRIBERS
         if packet.qos == 1:
-            self._send(conn, encode_ack(PacketType.PUBACK, packet.packet_id, conn.version, reason))
+            ack = encode_ack(PacketType.PUBACK, packet.packet_id, conn.version, reason)
+            if conn.client_id in self._holding:
+                conn.held_acks.append((packet.packet_id, ack))
+            else:
+                conn.unacked.discard(packet.packet_id)
+                self._send(conn, ack)
         elif packet.qos == 2:
             session.incoming_qos2.add(packet.packet_id)
             self._send(conn, encode_ack(PacketType.PUBREC, packet.packet_id, conn.version, reason))
+
+    def _record_publish(self, conn: Connection, packet: Publish, size: int) -> None:
+        if packet.qos:
+            conn.unacked.add(packet.packet_id)
+        window = self.limits.receive_maximum
+        if window is not None and len(conn.unacked) > window:
+            self.counters["receive_maximum_exceeded"] += 1
+            log.warning("%r sent more than the Receive Maximum of %d", conn, window)
+        self.record.publishes.append(
+            PublishRecord(
+                conn.client_id,
+                conn.serial,
+                time.monotonic(),
+                time.time(),
+                packet.topic,
+                packet.payload,
+                packet.qos,
+                packet.packet_id,
+                packet.properties,
+                size,
+                len(conn.unacked),
+            )
+        )
 
     def _on_subscribe(self, conn: Connection, session: Session, packet: Subscribe) -> None:
         identifier = get_property(packet.properties, Prop.SUBSCRIPTION_IDENTIFIER, 0)

@@ -51,6 +51,9 @@ class Reason(IntEnum):
     PROTOCOL_ERROR = 0x82
     UNSUPPORTED_PROTOCOL_VERSION = 0x84
     CLIENT_IDENTIFIER_NOT_VALID = 0x85
+    NOT_AUTHORIZED = 0x87
+    SERVER_UNAVAILABLE = 0x88
+    SERVER_BUSY = 0x89
     SERVER_SHUTTING_DOWN = 0x8B
     BAD_AUTHENTICATION_METHOD = 0x8C
     KEEP_ALIVE_TIMEOUT = 0x8D
@@ -58,9 +61,12 @@ class Reason(IntEnum):
     TOPIC_FILTER_INVALID = 0x8F
     TOPIC_NAME_INVALID = 0x90
     PACKET_IDENTIFIER_NOT_FOUND = 0x92
+    RECEIVE_MAXIMUM_EXCEEDED = 0x93
     TOPIC_ALIAS_INVALID = 0x94
     PACKET_TOO_LARGE = 0x95
+    QUOTA_EXCEEDED = 0x97
     SHARED_SUBSCRIPTIONS_NOT_SUPPORTED = 0x9E
+    CONNECTION_RATE_EXCEEDED = 0x9F
 
 
 class Prop(IntEnum):
@@ -352,6 +358,7 @@ class Connect:
     will_delay: int
     username: str | None
     password: bytes | None
+    will_properties: Properties = ()  # as sent, Will Delay Interval included
 
 
 @dataclass(frozen=True)
@@ -401,6 +408,7 @@ def decode_connect(body: bytes) -> Connect:
     properties = reader.properties() if level == 5 else ()
     client_id = reader.string()
     will, will_delay = None, 0
+    will_props: Properties = ()
     if has_will:
         will_props = reader.properties() if level == 5 else ()
         topic = reader.string()
@@ -423,6 +431,7 @@ def decode_connect(body: bytes) -> Connect:
         will_delay,
         username,
         password,
+        will_props,
     )
 
 

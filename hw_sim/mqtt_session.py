@@ -78,6 +78,9 @@ class Connection:
         self.max_packet_size = MAX_VARINT
         self.connected = False  # CONNACK accepted the connection
         self.closed = False
+        self.serial = 0  # the broker's number for this connection, in its records
+        self.unacked: set[int] = set()  # packet ids received at QoS 1/2, not yet acknowledged
+        self.held_acks: deque[tuple[int, bytes]] = deque()  # PUBACKs the broker holds back
 
     def __repr__(self) -> str:
         return f"<client {self.client_id or '?'} at {self.peer}>"
