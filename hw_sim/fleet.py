@@ -1,0 +1,371 @@
+"""A fleet of lightweight simulated cars in one asyncio process, for ``make fleet``.
+
+Each :class:`FleetCar` speaks the agent's MQTT contract (SPEC.md §5) over MQTT 3.1.1 and not
+much more: client id ``connect-agent-<vin>`` with a persistent session (clean session false), a
+retained ``status`` with a Last Will ``offline``, a QoS 1 subscription to its ``ack`` topic,
+and now and then a call (a ``request``, later perhaps a ``cancel``, with ``incident_id`` and
+``sequence``). It is one coroutine and a socket, not an agent: a thousand of them fit in one
+process. Packets come from hw_sim's own codec (:mod:`hw_sim.mqtt_codec`, the embedded
+broker's), on raw asyncio streams; only the reconnect policy is the agent's own
+(:func:`agent.backoff.backoff_delays`, the policy under measurement), and like the agent a car
+moves to the next broker of its list after every failure or lost connection.
+
+A request or cancel stays pending until its PUBACK; after a reconnect every pending message is
+published again (DUP, same packet id, same ``incident_id`` and ``sequence``), so nothing the
+car sent is lost while its broker or cluster node dies. ``resend=False`` turns that off, to show
+that the fleet's loss check can fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.backoff import backoff_delays
+from hw_sim.mqtt_codec import (
+    PacketError,
+    PacketType,
+    decode_ack,
+    decode_publish,
+    encode_ack,
+    encode_binary,
+    encode_packet,
+    encode_publish,
+    encode_string,
+    read_packet,
+)
+
+__all__ = [
+    "FleetCar",
+    "Sent",
+    "TcpCounters",
+    "cancel_payload",
+    "fleet_vin",
+    "request_payload",
+    "status_payload",
+]
+
+ROOT = "assistance/v1"
+VERSION = "fleet-sim"
+MAX_PACKET = 1 << 20
+PINGREQ = encode_packet(PacketType.PINGREQ, 0, b"")
+
+# -- payloads (pure) -------------------------------------------------------------------------
+
+
+def rfc3339(at: float | None = None) -> str:
+    moment = datetime.fromtimestamp(time.time() if at is None else at, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def fleet_vin(index: int) -> str:
+    """A valid 17-character VIN (no I, O or Q) for car ``index``."""
+    return f"FLEETCAR{index:09d}"
+
+
+def status_payload(state: str, open_incident: str | None, pending: int) -> bytes:
+    return json.dumps(
+        {
+            "state": state,
+            "since": rfc3339(),
+            "version": VERSION,
+            "button": "ok",
+            "gps": "fix",
+            "can": "ok",
+            "open_incident": open_incident,
+            "outbox_pending": pending,
+        }
+    ).encode()
+
+
+def request_payload(vin: str, incident_id: str, sequence: int) -> bytes:
+    """A schema-valid assistance request; what is unknown to a simulated car is ``null``."""
+    now = rfc3339()
+    body: dict[str, Any] = {
+        "schema": "assistance-request/1",
+        "incident_id": incident_id,
+        "sequence": sequence,
+        "created_at": now,
+        "trigger": {"source": "can", "held_ms": 2000, "driver_category": None},
+        "contact": {
+            "name": None,
+            "address": {"street": None, "postal_code": None, "city": None, "country": None},
+            "phone": "+10000000000",  # fictitious
+            "email": None,
+        },
+        "vehicle": {
+            "vin": vin,
+            "vin_source": "config",
+            "registration_plate": None,
+            "registration_country": None,
+            "model": None,
+            "colour": None,
+            "first_registration": None,
+        },
+        "location": {
+            **dict.fromkeys(("lat", "lon", "alt_m", "heading_deg", "speed_kmh")),
+            **dict.fromkeys(("horizontal_accuracy_m", "fix_time", "fix_age_s")),
+            "fix": "none",
+            "trusted": False,
+            "country": None,
+            "locality": None,
+            "recent": [],
+        },
+        "problem": {
+            "category": "breakdown",
+            "description": "A simulated fleet car asks for help.",
+            "evidence": [],
+        },
+        "vehicle_state": {
+            **dict.fromkeys(("battery_12v_v", "hv_soc_pct", "range_km", "ignition")),
+            "tyre_pressure_kpa": dict.fromkeys(("fl", "fr", "rl", "rr")),
+            **dict.fromkeys(("speed_kmh", "trailer_connected", "hazard_lights")),
+            **dict.fromkeys(("doors_locked", "key_detected", "airbag_deployed")),
+            "odometer_km": None,
+            "dtcs": None,
+        },
+        "coverage": {
+            "status": "unknown",
+            "reasons": [],
+            "valid_until": None,
+            "country_covered": None,
+            "reported_within_24h": True,
+        },
+    }
+    return json.dumps(body).encode()
+
+
+def cancel_payload(incident_id: str, sequence: int) -> bytes:
+    return json.dumps(
+        {"incident_id": incident_id, "sequence": sequence, "cancelled_at": rfc3339()}
+    ).encode()
+
+
+def encode_connect(client_id: str, keep_alive: int, will_topic: str, will: bytes) -> bytes:
+    """MQTT 3.1.1 CONNECT: clean session false, a retained QoS 1 Last Will."""
+    flags = 0x20 | 0x01 << 3 | 0x04  # will retain, will QoS 1, will flag; clean session 0
+    body = encode_string("MQTT") + bytes([4, flags]) + keep_alive.to_bytes(2, "big")
+    body += encode_string(client_id) + encode_string(will_topic) + encode_binary(will)
+    return encode_packet(PacketType.CONNECT, 0, body)
+
+
+def encode_subscribe(packet_id: int, topic_filter: str, qos: int) -> bytes:
+    body = packet_id.to_bytes(2, "big") + encode_string(topic_filter) + bytes([qos])
+    return encode_packet(PacketType.SUBSCRIBE, 0b0010, body)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A request or cancel a car sent: what the backend must receive."""
+
+    kind: str
+    incident_id: str
+    sequence: int
+
+
+@dataclass(frozen=True)
+class TcpCounters:
+    """A socket's counters from Linux TCP_INFO: payload bytes and segments, both ways."""
+
+    bytes_acked: int
+    bytes_received: int
+    segs_out: int
+    segs_in: int
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> TcpCounters:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        acked, received = struct.unpack_from("=QQ", info, 120)  # tcpi_bytes_acked, _received
+        segs_out, segs_in = struct.unpack_from("=II", info, 136)  # tcpi_segs_out, _in
+        return cls(acked, received, segs_out, segs_in)
+
+    def __sub__(self, other: TcpCounters) -> TcpCounters:
+        return TcpCounters(
+            self.bytes_acked - other.bytes_acked,
+            self.bytes_received - other.bytes_received,
+            self.segs_out - other.segs_out,
+            self.segs_in - other.segs_in,
+        )
+
+
+# -- the car (I/O) ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    topic: str
+    payload: bytes
+    sent_at: float
+
+
+@dataclass(eq=False)
+class FleetCar:
+    """One simulated car: ``await car.run()`` connects and reconnects forever."""
+
+    vin: str
+    endpoints: Sequence[tuple[str, int]]
+    keep_alive: int = 20
+    backoff: tuple[float, float] = (0.5, 30.0)  # the agent's reconnect_min_s, reconnect_max_s
+    connack_timeout: float = 30.0
+    resend: bool = True
+    rng: random.Random = field(default_factory=random.Random)
+    # observed
+    connects: int = 0
+    connected_at: float = 0.0  # monotonic time of the last CONNACK
+    attempts: list[float] = field(default_factory=list)  # monotonic time of every attempt
+    sent: list[Sent] = field(default_factory=list)
+    acks: list[dict[str, Any]] = field(default_factory=list)
+    pingresps: int = 0
+    node: int = 0  # index into endpoints: in use, or tried next
+
+    def __post_init__(self) -> None:
+        self.client_id = f"connect-agent-{self.vin}"
+        self.base = f"{ROOT}/{self.vin}"
+        self.connected = asyncio.Event()
+        self._pending: dict[int, _Pending] = {}
+        self._next_id = 1
+        self._writer: asyncio.StreamWriter | None = None
+        self._open_incident: str | None = None
+
+    # -- what a driver does -----------------------------------------------------------------
+
+    def call(self) -> str:
+        """Publish a request for a new incident now (or at the next connection)."""
+        incident_id = str(uuid.uuid4())
+        self._open_incident = incident_id
+        self._publish(Sent("request", incident_id, 1), request_payload(self.vin, incident_id, 1))
+        return incident_id
+
+    def cancel(self, incident_id: str) -> None:
+        self._open_incident = None
+        self._publish(Sent("cancel", incident_id, 1), cancel_payload(incident_id, 1))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def socket(self) -> socket.socket | None:
+        if self._writer is None:
+            return None
+        sock: socket.socket | None = self._writer.get_extra_info("socket")
+        return sock
+
+    def _publish(self, what: Sent, payload: bytes) -> None:
+        self.sent.append(what)
+        packet_id = self._allocate()
+        entry = _Pending(f"{self.base}/{what.kind}", payload, time.monotonic())
+        self._pending[packet_id] = entry
+        if self._writer is not None:
+            self._send(packet_id, entry, dup=False)
+
+    def _allocate(self) -> int:
+        while True:
+            packet_id, self._next_id = self._next_id, self._next_id % 0xFFFF + 1
+            if packet_id not in self._pending:
+                return packet_id
+
+    def _send(self, packet_id: int, entry: _Pending, *, dup: bool) -> None:
+        if self._writer is not None:
+            self._writer.write(
+                encode_publish(
+                    entry.topic, entry.payload, qos=1, retain=False, dup=dup, packet_id=packet_id
+                )
+            )
+
+    # -- the connection ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect with the agent's backoff and jitter: forever."""
+        delays = backoff_delays(*self.backoff, self.rng)
+        while True:
+            try:
+                await self._serve_once()
+                delays = backoff_delays(*self.backoff, self.rng)  # it worked: start over
+            except (OSError, EOFError, PacketError, TimeoutError, ConnectionError):
+                pass
+            self.node = (self.node + 1) % len(self.endpoints)  # the next node, as the agent
+            await asyncio.sleep(next(delays))
+
+    async def _serve_once(self) -> None:
+        host, port = self.endpoints[self.node]
+        self.attempts.append(time.monotonic())
+        writer: asyncio.StreamWriter | None = None
+        pinger: asyncio.Task[None] | None = None
+        try:
+            async with asyncio.timeout(self.connack_timeout):
+                reader, writer = await asyncio.open_connection(host, port)
+                will = status_payload("offline", None, 0)
+                writer.write(
+                    encode_connect(self.client_id, self.keep_alive, f"{self.base}/status", will)
+                )
+                kind, _, body = await read_packet(reader, MAX_PACKET)
+            if kind != PacketType.CONNACK or len(body) != 2 or body[1] != 0:
+                raise ConnectionError(f"refused: {kind} {body.hex()}")
+            self._writer = writer
+            self.connects += 1
+            self.connected_at = time.monotonic()
+            self.connected.set()
+            writer.write(encode_subscribe(self._allocate(), f"{self.base}/ack", 1))
+            status = status_payload("online", self._open_incident, len(self._pending))
+            writer.write(
+                encode_publish(
+                    f"{self.base}/status",
+                    status,
+                    qos=1,
+                    retain=True,
+                    packet_id=self._allocate(),
+                )
+            )
+            if self.resend:
+                for packet_id, entry in list(self._pending.items()):
+                    self._send(packet_id, entry, dup=True)
+            pinger = asyncio.create_task(self._ping(writer), name=f"ping {self.vin}")
+            await self._read(reader, writer)
+        except asyncio.IncompleteReadError as exc:
+            raise EOFError("broker closed the connection") from exc
+        finally:
+            self._writer = None
+            self.connected.clear()
+            if pinger is not None:
+                pinger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pinger
+            if writer is not None:
+                writer.transport.abort()
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            kind, flags, body = await read_packet(reader, MAX_PACKET)
+            if kind == PacketType.PUBACK:
+                packet_id, _ = decode_ack(body, 4)
+                self._pending.pop(packet_id, None)
+            elif kind == PacketType.PUBLISH:
+                message = decode_publish(flags, body, 4)
+                if message.qos:
+                    writer.write(encode_ack(PacketType.PUBACK, message.packet_id, 4))
+                with contextlib.suppress(ValueError):
+                    self.acks.append(json.loads(message.payload))
+            elif kind == PacketType.PINGRESP:
+                self.pingresps += 1
+            # SUBACK and anything else: nothing to do
+
+    async def _ping(self, writer: asyncio.StreamWriter) -> None:
+        """PINGREQ every keep-alive; no PINGRESP by the next one means a dead link."""
+        answered, outstanding = self.pingresps, False
+        while True:
+            await asyncio.sleep(self.keep_alive)
+            if outstanding and self.pingresps == answered:
+                writer.transport.abort()
+                return
+            answered, outstanding = self.pingresps, True
+            writer.write(PINGREQ)
