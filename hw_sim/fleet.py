@@ -44,8 +44,10 @@ from hw_sim.mqtt_codec import (
     encode_string,
     read_packet,
 )
+from hw_sim.service import Service, cancel_tasks
 
 __all__ = [
+    "Fleet",
     "FleetCar",
     "Sent",
     "TcpCounters",
@@ -251,6 +253,11 @@ class FleetCar:
         self._publish(Sent("cancel", incident_id, 1), cancel_payload(incident_id, 1))
 
     @property
+    def broker(self) -> tuple[str, int]:
+        """The broker in use, or tried next."""
+        return self.endpoints[self.node]
+
+    @property
     def pending(self) -> int:
         return len(self._pending)
 
@@ -369,3 +376,27 @@ class FleetCar:
                 return
             answered, outstanding = self.pingresps, True
             writer.write(PINGREQ)
+
+
+class Fleet(Service):
+    """``async with Fleet(cars) as fleet:`` runs every car as a named task."""
+
+    def __init__(self, cars: Sequence[FleetCar]) -> None:
+        self.cars = list(cars)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(car.run(), name=f"car {car.vin}") for car in self.cars]
+
+    async def aclose(self) -> None:
+        """Cancel every car (safe twice); their sockets are aborted, so the Wills fire."""
+        tasks, self._tasks = self._tasks, []
+        await cancel_tasks(*tasks)
+
+    async def wait_connected(self, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            for car in self.cars:
+                await car.connected.wait()
+
+    def sent(self) -> set[Sent]:
+        return {what for car in self.cars for what in car.sent}
