@@ -253,7 +253,10 @@ async def nats_phase(args: argparse.Namespace, report: Report, rng: random.Rando
             pair = [nodes[0], nodes[1]]
             cars = [
                 FleetCar(
-                    fleet_vin(i), pair[i % 2 :] + pair[: i % 2], rng=random.Random(rng.random())
+                    fleet_vin(i),
+                    pair[i % 2 :] + pair[: i % 2],
+                    resend=args.resend,
+                    rng=random.Random(rng.random()),
                 )
                 for i in range(args.cars)
             ]
@@ -334,10 +337,15 @@ async def failover(
         stop.set()
     sent = {what for car in cars for what in car.sent}
     with contextlib.suppress(TimeoutError):
-        await until(lambda: sent <= received(backend), 120, "every message at the backend")
+        await until(lambda: sent <= received(backend), args.settle, "every message at the backend")
     missing = sent - received(backend)
     requests = {s.incident_id for s in sent if s.kind == "request"}
-    acked = {a.get("incident_id") for car in cars for a in car.acks}
+
+    def acked() -> set[str]:
+        return {str(a.get("incident_id")) for car in cars for a in car.acks}
+
+    with contextlib.suppress(TimeoutError):  # acks route back through the cars' nodes
+        await until(lambda: requests <= acked(), args.settle, "every ack at its car")
     report.add(
         "NATS failover: moved cars back (after kill)",
         f"{max(reconnects):.1f} s worst",
@@ -349,7 +357,7 @@ async def failover(
         "NATS failover: delivered",
         f"{len(sent) - len(missing)}/{len(sent)}",
         f"{len(sent)}",
-        f"requests and cancels; acks back at the cars for {len(requests & acked)}/"
+        f"requests and cancels; acks back at the cars for {len(requests & acked())}/"
         f"{len(requests)} requests; {backend.duplicates} duplicate requests (same "
         f"incident_id, sequence); offline Wills seen: {wills}",
     )
@@ -378,7 +386,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--storm-window", type=float, default=None, help="s (default 60)")
     parser.add_argument("--call-rate", type=float, default=2.0, help="calls/s during failover")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--settle", type=float, default=120.0, help="s to wait for the last messages and acks"
+    )
     parser.add_argument("--quick", action="store_true", help="a short run: storm in 10 s")
+    parser.add_argument(
+        "--no-resend",
+        dest="resend",
+        action="store_false",
+        help="self-check: cars do not re-send what was not PUBACKed; failover must report loss",
+    )
     args = parser.parse_args(argv)
     if args.storm_window is None:
         args.storm_window = 10.0 if args.quick else 60.0

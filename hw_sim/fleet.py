@@ -12,8 +12,9 @@ moves to the next broker of its list after every failure or lost connection.
 
 A request or cancel stays pending until its PUBACK; after a reconnect every pending message is
 published again (DUP, same packet id, same ``incident_id`` and ``sequence``), so nothing the
-car sent is lost while its broker or cluster node dies. ``resend=False`` turns that off, to show
-that the fleet's loss check can fail.
+car sent is lost while its broker or cluster node dies. ``resend=False`` turns the re-sending off
+(what was queued while disconnected is still sent once), to show that the fleet's loss check can
+fail.
 """
 
 from __future__ import annotations
@@ -208,6 +209,7 @@ class _Pending:
     topic: str
     payload: bytes
     sent_at: float
+    written: bool = False  # handed to a connection once (so the next one would re-send it)
 
 
 @dataclass(eq=False)
@@ -283,6 +285,7 @@ class FleetCar:
 
     def _send(self, packet_id: int, entry: _Pending, *, dup: bool) -> None:
         if self._writer is not None:
+            entry.written = True
             self._writer.write(
                 encode_publish(
                     entry.topic, entry.payload, qos=1, retain=False, dup=dup, packet_id=packet_id
@@ -333,8 +336,10 @@ class FleetCar:
                     packet_id=self._allocate(),
                 )
             )
-            if self.resend:
-                for packet_id, entry in list(self._pending.items()):
+            for packet_id, entry in list(self._pending.items()):
+                if not entry.written:  # queued while disconnected: its first sending
+                    self._send(packet_id, entry, dup=False)
+                elif self.resend:  # written to a connection that died before its PUBACK
                     self._send(packet_id, entry, dup=True)
             pinger = asyncio.create_task(self._ping(writer), name=f"ping {self.vin}")
             await self._read(reader, writer)
