@@ -3,12 +3,13 @@
     python -m bench.fleet [--cars 1000] [--kills 3] [--storm-window 60] [--quick]
 
 Mosquitto first: broker memory per session, the time for the fleet to reconnect after a broker
-restart under the agent's backoff and jitter, a call storm (5 % of the fleet within the storm
-window) and the keep-alive's cost. Then the NATS cluster: memory per session, and failover: a
-node is killed K times with calls in flight and every request and cancel must reach the backend,
-connected through the node that is never killed. The last line is ``failover: K node kills,
-lost: L``; the exit status is 1 when L > 0. Cars are :class:`hw_sim.fleet.FleetCar`, the backend
-is :class:`hw_sim.backend.SimulatedBackend` (MQTT 3.1.1, persistent session).
+restart and after an outage of ``--outage`` s under the agent's backoff and jitter, a call storm
+(5 % of the fleet within the storm window) and the keep-alive's cost. Then the NATS cluster:
+memory per session, and failover: a node is killed K times with calls in flight and every
+request and cancel must reach the backend, connected through the node that is never killed.
+The last line is ``failover: K node kills, lost: L``; the exit status is 1 when L > 0. Cars are
+:class:`hw_sim.fleet.FleetCar`, the backend is :class:`hw_sim.backend.SimulatedBackend` (MQTT
+3.1.1, persistent session). ``--no-resend`` is the self-check: it must report a loss.
 """
 
 from __future__ import annotations
@@ -124,17 +125,22 @@ async def mosquitto_phase(args: argparse.Namespace, report: Report, rng: random.
                     f"RSS {before} -> {after} KiB for {len(cars)} sessions (connected in "
                     f"{took:.1f} s); floor: client id, subscription, retained status, Will",
                 )
-                await restart(broker, cars, report)
+                await restart(broker, cars, report, 0)
+                await restart(broker, cars, report, args.outage)
                 await asyncio.gather(
                     storm(args, cars, backend, report, rng), keepalive_cost(args, endpoint, report)
                 )
                 await fleet.aclose()
 
 
-async def restart(broker: Mosquitto, cars: Sequence[FleetCar], report: Report) -> None:
+async def restart(
+    broker: Mosquitto, cars: Sequence[FleetCar], report: Report, outage: float
+) -> None:
+    """Stop Mosquitto, keep it down ``outage`` s, start it: how long until every car is back."""
     before = [car.connects for car in cars]
     down = time.monotonic()
     await broker.stop()
+    await asyncio.sleep(outage)
     await broker.start()
     up = time.monotonic()
     await until(
@@ -146,13 +152,14 @@ async def restart(broker: Mosquitto, cars: Sequence[FleetCar], report: Report) -
     # The floor: when each car's backoff let it try again once the broker was back.
     first_tries = [min((t for t in car.attempts if t >= up), default=up) - up for car in cars]
     waits = sorted(car.connected_at - up for car in cars)
+    what = "restart" if not outage else f"{outage:g} s outage"
     report.add(
-        "reconnect after Mosquitto restart",
+        f"reconnect after Mosquitto {what}",
         f"{back:.2f} s",
         f"{max(first_tries):.2f} s",
-        f"all {len(cars)} cars; p50 {percentile(waits, 50):.2f} s; broker down {up - down:.2f} s; "
-        "floor: the last car's first attempt after the broker was back (backoff 0.5-30 s, "
-        "full jitter)",
+        f"all {len(cars)} cars, from the broker's start; p50 {percentile(waits, 50):.2f} s; "
+        f"broker down {up - down:.2f} s; floor: the last car's first attempt after the broker "
+        "was back (backoff 0.5-30 s, full jitter)",
     )
 
 
@@ -202,36 +209,72 @@ async def storm(
     )
 
 
+@dataclass(frozen=True)
+class Exchanges:
+    """What a probe car's socket carried over ``count`` keep-alive exchanges (TCP_INFO)."""
+
+    count: int
+    delta: TcpCounters
+    period: float
+
+    @property
+    def payload(self) -> int:
+        return self.delta.bytes_acked + self.delta.bytes_received
+
+    @property
+    def segments(self) -> int:
+        return self.delta.segs_out + self.delta.segs_in
+
+    @property
+    def wire_bytes(self) -> float:
+        """Per exchange, MQTT bytes plus an IPv4+TCP header on every segment (ACKs too)."""
+        return (self.payload + self.segments * HEADER_BYTES) / self.count
+
+
+async def probe(endpoint: list[tuple[str, int]], keep_alive: int, count: int) -> Exchanges:
+    car = FleetCar(fleet_vin(999_000 + keep_alive), endpoint, keep_alive=keep_alive)
+    async with Fleet([car]) as fleet:
+        await fleet.wait_connected(30)
+        await until(lambda: car.pingresps >= 1, 2 * keep_alive + 30, "the probe's first PINGRESP")
+        await asyncio.sleep(keep_alive / 2)  # mid-interval: idle, delayed ACKs sent
+        sock = car.socket()
+        assert sock is not None
+        first, seen, start = TcpCounters.of(sock), car.pingresps, time.monotonic()
+        await until(
+            lambda: car.pingresps >= seen + count, keep_alive * count + 30, "probe exchanges"
+        )
+        await asyncio.sleep(keep_alive / 2)
+        delta, period = TcpCounters.of(sock) - first, time.monotonic() - start
+        if car.connects != 1:
+            raise RuntimeError("a keep-alive probe reconnected during its measurement")
+    return Exchanges(count, delta, period)
+
+
 async def keepalive_cost(
     args: argparse.Namespace, endpoint: list[tuple[str, int]], report: Report
 ) -> None:
-    """TCP_INFO on one probe car's socket over E keep-alive exchanges."""
-    exchanges = 3 if args.quick else 10
-    probe = FleetCar(fleet_vin(999_999), endpoint, keep_alive=PROBE_KEEPALIVE)
-    async with Fleet([probe]) as fleet:
-        await fleet.wait_connected(30)
-        await until(lambda: probe.pingresps >= 1, 30, "the probe's first PINGRESP")
-        await asyncio.sleep(PROBE_KEEPALIVE / 2)  # mid-interval: idle, delayed ACKs sent
-        sock = probe.socket()
-        assert sock is not None
-        first, count, t0 = TcpCounters.of(sock), probe.pingresps, time.monotonic()
-        await until(lambda: probe.pingresps >= count + exchanges, 60, "probe exchanges")
-        await asyncio.sleep(PROBE_KEEPALIVE / 2)
-        delta, period = TcpCounters.of(sock) - first, time.monotonic() - t0
-        if probe.connects != 1:
-            raise RuntimeError("the keep-alive probe reconnected during its measurement")
-    payload = delta.bytes_acked + delta.bytes_received
-    segments = delta.segs_out + delta.segs_in
-    per_exchange = (payload + segments * HEADER_BYTES) / exchanges
+    """TCP_INFO on a probe car's socket: keep-alive 2 s over E exchanges (the same bytes as at
+    any interval), and (not --quick) a car at 20 s over 3 exchanges as the direct check."""
+    fast_probe = probe(endpoint, PROBE_KEEPALIVE, 3 if args.quick else 10)
+    if args.quick:
+        fast, direct = await fast_probe, None
+    else:
+        fast, direct = await asyncio.gather(fast_probe, probe(endpoint, 20, 3))
     for keepalive in KEEPALIVES:
-        per_month = per_exchange * MONTH_S / keepalive
+        per_month = fast.wire_bytes * MONTH_S / keepalive
+        check = ""
+        if direct is not None and keepalive == 20:
+            check = (
+                f"; direct at 20 s: {direct.wire_bytes * MONTH_S / 20 / 1e6:.2f} MB "
+                f"({direct.count} exchanges in {direct.period:.0f} s)"
+            )
         report.add(
             f"keep-alive {keepalive} s: data per car per month",
             f"{per_month / 1e6:.2f} MB",
             f"{4 * MONTH_S / keepalive / 1e6:.3f} MB",
-            f"{per_exchange:.0f} B per PINGREQ/PINGRESP measured ({payload} B MQTT + "
-            f"{segments} segments x {HEADER_BYTES} B IPv4+TCP headers over {exchanges} "
-            f"exchanges, {period:.0f} s, TCP_INFO); floor: the 4 MQTT bytes alone",
+            f"{fast.wire_bytes:.0f} B per PINGREQ/PINGRESP ({fast.payload} B MQTT + "
+            f"{fast.segments} segments x {HEADER_BYTES} B IPv4+TCP headers in {fast.count} "
+            f"exchanges at {PROBE_KEEPALIVE} s, TCP_INFO){check}; floor: the 4 MQTT bytes",
         )
 
 
@@ -385,6 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--storm-window", type=float, default=None, help="s (default 60)")
     parser.add_argument("--call-rate", type=float, default=2.0, help="calls/s during failover")
+    parser.add_argument(
+        "--outage", type=float, default=None, help="s Mosquitto stays down (10, quick 3)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--settle", type=float, default=120.0, help="s to wait for the last messages and acks"
@@ -399,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.storm_window is None:
         args.storm_window = 10.0 if args.quick else 60.0
+    if args.outage is None:
+        args.outage = 3.0 if args.quick else 10.0
     return asyncio.run(main_async(args))
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from peers import require
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--cars", "20", "--kills", "1", "--quick", "--storm-window", "2"]
+TINY = ["--cars", "20", "--kills", "1", "--quick", "--storm-window", "2", "--outage", "1"]
 
 
 def fleet(*extra: str) -> subprocess.CompletedProcess[str]:
