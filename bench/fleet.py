@@ -348,6 +348,7 @@ async def failover(
                     await stop.wait()
 
     reconnects: list[float] = []
+    ready: list[float] = []
     in_flight = 0
     wills = 0
     async with asyncio.TaskGroup() as group:
@@ -364,12 +365,25 @@ async def failover(
             offline_before = sum(
                 r.kind == "status" and r.payload.get("state") == "offline" for r in backend.received
             )
+            connects = [c.connects for c in moved]
             killed = time.monotonic()
             await cluster.kill(victim)
             in_flight += flying
-            await until(lambda: all(c.connected.is_set() for c in cars), 600, "cars back")
+            await until(
+                lambda: all(c.connects > n for c, n in zip(moved, connects, strict=True)),  # noqa: B023
+                600,
+                "the moved cars back",
+            )
             reconnects.append(max((c.connected_at for c in moved), default=killed) - killed)
+            restarted = time.monotonic()
             await cluster.start_node(victim, timeout=600)
+            ready.append(time.monotonic() - restarted)
+            name = cluster.nodes[victim].name
+            print(
+                f"  .. kill {len(reconnects)}: {name}, {len(moved)} cars moved in "
+                f"{reconnects[-1]:.1f} s; {name} restarted, healthy after {ready[-1]:.1f} s",
+                flush=True,
+            )
             wills += (
                 sum(
                     r.kind == "status" and r.payload.get("state") == "offline"
@@ -393,8 +407,9 @@ async def failover(
         "NATS failover: moved cars back (after kill)",
         f"{max(reconnects):.1f} s worst",
         "",
-        f"per kill: {', '.join(f'{r:.1f}' for r in reconnects)} s; node killed with "
-        f"{in_flight} messages not yet PUBACKed in all",
+        f"per kill: {', '.join(f'{r:.1f}' for r in reconnects)} s; restarted node healthy after "
+        f"{', '.join(f'{r:.0f}' for r in ready)} s; {in_flight} messages not yet "
+        "PUBACKed when their node died",
     )
     report.add(
         "NATS failover: delivered",
