@@ -416,8 +416,9 @@ async def failover(
         f"{len(sent) - len(missing)}/{len(sent)}",
         f"{len(sent)}",
         f"requests and cancels; acks back at the cars for {len(requests & acked())}/"
-        f"{len(requests)} requests; {backend.duplicates} duplicate requests (same "
-        f"incident_id, sequence); offline Wills seen: {wills}",
+        f"{len(requests)} requests ({sum(c.repeats for c in cars)} requests published again "
+        f"after {cars[0].ack_timeout:g} s without an ack); {backend.duplicates} duplicates "
+        f"(same incident_id, sequence) at the backend; offline statuses during kills: {wills}",
     )
     return len(missing)
 

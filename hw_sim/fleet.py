@@ -12,9 +12,10 @@ moves to the next broker of its list after every failure or lost connection.
 
 A request or cancel stays pending until its PUBACK; after a reconnect every pending message is
 published again (DUP, same packet id, same ``incident_id`` and ``sequence``), so nothing the
-car sent is lost while its broker or cluster node dies. ``resend=False`` turns the re-sending off
-(what was queued while disconnected is still sent once), to show that the fleet's loss check can
-fail.
+car sent is lost while its broker or cluster node dies. A request PUBACKed but not answered by
+an ``ack`` within ``ack_timeout`` (the agent's ``ack_timeout_s``, 30 s) is published again, the
+same request, until it is. ``resend=False`` turns the re-sending after a reconnect off (what was
+queued while disconnected is still sent once), to show that the fleet's loss check can fail.
 """
 
 from __future__ import annotations
@@ -206,6 +207,7 @@ class TcpCounters:
 
 @dataclass
 class _Pending:
+    what: Sent
     topic: str
     payload: bytes
     sent_at: float
@@ -221,6 +223,7 @@ class FleetCar:
     keep_alive: int = 20
     backoff: tuple[float, float] = (0.5, 30.0)  # the agent's reconnect_min_s, reconnect_max_s
     connack_timeout: float = 30.0
+    ack_timeout: float = 30.0  # the agent's ack_timeout_s: no answer by then, the request again
     resend: bool = True
     rng: random.Random = field(default_factory=random.Random)
     # observed
@@ -230,6 +233,7 @@ class FleetCar:
     sent: list[Sent] = field(default_factory=list)
     acks: list[dict[str, Any]] = field(default_factory=list)
     pingresps: int = 0
+    repeats: int = 0  # requests published again for want of an ack
     node: int = 0  # index into endpoints: in use, or tried next
 
     def __post_init__(self) -> None:
@@ -240,6 +244,8 @@ class FleetCar:
         self._next_id = 1
         self._writer: asyncio.StreamWriter | None = None
         self._open_incident: str | None = None
+        self._unanswered: dict[str, bytes] = {}  # incident -> its request, until its ack
+        self._timers: dict[str, asyncio.TimerHandle] = {}
 
     # -- what a driver does -----------------------------------------------------------------
 
@@ -247,12 +253,46 @@ class FleetCar:
         """Publish a request for a new incident now (or at the next connection)."""
         incident_id = str(uuid.uuid4())
         self._open_incident = incident_id
-        self._publish(Sent("request", incident_id, 1), request_payload(self.vin, incident_id, 1))
+        payload = request_payload(self.vin, incident_id, 1)
+        self._unanswered[incident_id] = payload
+        self._publish(Sent("request", incident_id, 1), payload)
         return incident_id
 
     def cancel(self, incident_id: str) -> None:
         self._open_incident = None
+        self._answered(incident_id)
         self._publish(Sent("cancel", incident_id, 1), cancel_payload(incident_id, 1))
+
+    def stop(self) -> None:
+        """Forget the timers of requests waiting for their ack (safe twice)."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+    def _answered(self, incident_id: str) -> None:
+        self._unanswered.pop(incident_id, None)
+        timer = self._timers.pop(incident_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _delivered(self, what: Sent) -> None:
+        """A request is PUBACKed: publish it again if its ack does not come in time (an ack
+        can die with a broker node that held it, as the agent's CallPolicy.repeat knows)."""
+        if what.kind != "request" or what.incident_id not in self._unanswered:
+            return
+        old = self._timers.pop(what.incident_id, None)
+        if old is not None:
+            old.cancel()
+        self._timers[what.incident_id] = asyncio.get_running_loop().call_later(
+            self.ack_timeout, self._repeat, what
+        )
+
+    def _repeat(self, what: Sent) -> None:
+        self._timers.pop(what.incident_id, None)
+        payload = self._unanswered.get(what.incident_id)
+        if payload is not None:  # same incident_id, sequence, created_at: a duplicate
+            self.repeats += 1
+            self._publish(what, payload, record=False)
 
     @property
     def broker(self) -> tuple[str, int]:
@@ -269,10 +309,11 @@ class FleetCar:
         sock: socket.socket | None = self._writer.get_extra_info("socket")
         return sock
 
-    def _publish(self, what: Sent, payload: bytes) -> None:
-        self.sent.append(what)
+    def _publish(self, what: Sent, payload: bytes, *, record: bool = True) -> None:
+        if record:
+            self.sent.append(what)
         packet_id = self._allocate()
-        entry = _Pending(f"{self.base}/{what.kind}", payload, time.monotonic())
+        entry = _Pending(what, f"{self.base}/{what.kind}", payload, time.monotonic())
         self._pending[packet_id] = entry
         if self._writer is not None:
             self._send(packet_id, entry, dup=False)
@@ -360,13 +401,17 @@ class FleetCar:
             kind, flags, body = await read_packet(reader, MAX_PACKET)
             if kind == PacketType.PUBACK:
                 packet_id, _ = decode_ack(body, 4)
-                self._pending.pop(packet_id, None)
+                entry = self._pending.pop(packet_id, None)
+                if entry is not None:
+                    self._delivered(entry.what)
             elif kind == PacketType.PUBLISH:
                 message = decode_publish(flags, body, 4)
                 if message.qos:
                     writer.write(encode_ack(PacketType.PUBACK, message.packet_id, 4))
                 with contextlib.suppress(ValueError):
-                    self.acks.append(json.loads(message.payload))
+                    ack = json.loads(message.payload)
+                    self.acks.append(ack)
+                    self._answered(str(ack.get("incident_id")))
             elif kind == PacketType.PINGRESP:
                 self.pingresps += 1
             # SUBACK and anything else: nothing to do
@@ -397,6 +442,8 @@ class Fleet(Service):
         """Cancel every car (safe twice); their sockets are aborted, so the Wills fire."""
         tasks, self._tasks = self._tasks, []
         await cancel_tasks(*tasks)
+        for car in self.cars:
+            car.stop()
 
     async def wait_connected(self, timeout: float) -> None:
         async with asyncio.timeout(timeout):
