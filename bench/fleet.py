@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 from bench.common import percentile, rss_kib
 from hw_sim.backend import SimulatedBackend
-from hw_sim.fleet import Fleet, FleetCar, Sent, TcpCounters, fleet_vin, status_payload
+from hw_sim.fleet import Fleet, FleetCar
+from hw_sim.fleet_wire import Sent, TcpCounters, fleet_vin, status_payload
 from hw_sim.mosquitto import Mosquitto
 from hw_sim.nats_cluster import NatsCluster
 

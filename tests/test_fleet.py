@@ -8,14 +8,53 @@ comes before the PUBACK of the calls written just before it, so the check can fa
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 from peers import require
 
+from hw_sim.contract import errors
+from hw_sim.fleet_wire import (
+    cancel_payload,
+    encode_connect,
+    encode_subscribe,
+    fleet_vin,
+    request_payload,
+    status_payload,
+)
+from hw_sim.mqtt_codec import PacketType, decode_connect, decode_subscribe, decode_varint
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--cars", "20", "--kills", "1", "--quick", "--storm-window", "2", "--outage", "1"]
+
+
+INCIDENT = "0b5e4a52-6f1d-4c3e-9a55-3f3c2d1e0f11"
+
+
+def test_what_a_fleet_car_sends_is_valid_under_the_contracts_schemas() -> None:
+    vin = fleet_vin(123)
+    assert errors("request", json.loads(request_payload(vin, INCIDENT, 1))) == []
+    assert errors("cancel", json.loads(cancel_payload(INCIDENT, 1))) == []
+    for state in ("online", "offline"):
+        assert errors("status", json.loads(status_payload(state, INCIDENT, 2))) == []
+
+
+def test_a_fleet_cars_connect_and_subscribe_decode_in_the_brokers_codec() -> None:
+    will = status_payload("offline", None, 0)
+    packet = encode_connect("connect-agent-X", 20, "assistance/v1/X/status", will)
+    assert packet[0] >> 4 == PacketType.CONNECT
+    length, start = decode_varint(packet, 1)
+    assert len(packet) == start + length
+    connect = decode_connect(packet[start:])
+    assert (connect.version, connect.client_id) == (4, "connect-agent-X")
+    assert (connect.clean_start, connect.keep_alive) == (False, 20)
+    assert connect.will is not None
+    assert (connect.will.qos, connect.will.retain, connect.will.payload) == (1, True, will)
+    subscribe = decode_subscribe(encode_subscribe(7, "assistance/v1/X/ack", 1)[2:], 4)
+    assert subscribe.packet_id == 7
+    assert [(r.topic_filter, r.qos) for r in subscribe.requests] == [("assistance/v1/X/ack", 1)]
 
 
 def fleet(*extra: str) -> subprocess.CompletedProcess[str]:
