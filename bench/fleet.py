@@ -360,7 +360,7 @@ async def failover(
             )
             port = cluster.nodes[victim].mqtt_port
             moved = [c for c in cars if c.connected.is_set() and c.broker[1] == port]
-            for car in rng.sample(moved, min(len(moved), max(2, len(cars) // 50))):
+            for car in rng.sample(moved, min(len(moved), args.in_flight)):
                 call_or_cancel(car)  # written to the socket; the node dies before its PUBACK
             flying = sum(c.pending for c in moved)
             offline_before = sum(
@@ -446,6 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--storm-window", type=float, default=None, help="s (default 60)")
     parser.add_argument("--call-rate", type=float, default=2.0, help="calls/s during failover")
     parser.add_argument(
+        "--in-flight", type=int, default=None, help="calls written just before a kill (2 %%)"
+    )
+    parser.add_argument(
         "--outage", type=float, default=None, help="s Mosquitto stays down (10, quick 3)"
     )
     parser.add_argument("--seed", type=int, default=1)
@@ -462,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.storm_window is None:
         args.storm_window = 10.0 if args.quick else 60.0
+    if args.in_flight is None:
+        args.in_flight = max(2, args.cars // 50)
     if args.outage is None:
         args.outage = 3.0 if args.quick else 10.0
     return asyncio.run(main_async(args))
