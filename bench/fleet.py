@@ -349,7 +349,7 @@ async def failover(
                     await stop.wait()
 
     reconnects: list[float] = []
-    ready: list[float] = []
+    ready: list[str] = []
     in_flight = 0
     wills = 0
     async with asyncio.TaskGroup() as group:
@@ -370,19 +370,24 @@ async def failover(
             killed = time.monotonic()
             await cluster.kill(victim)
             in_flight += flying
-            await until(
-                lambda: all(c.connects > n for c, n in zip(moved, connects, strict=True)),  # noqa: B023
-                600,
-                "the moved cars back",
-            )
+            with contextlib.suppress(TimeoutError):  # bounded: the loss check still runs
+                await until(
+                    lambda: all(c.connects > n for c, n in zip(moved, connects, strict=True)),  # noqa: B023
+                    args.budget,
+                    "the moved cars back",
+                )
+            back = sum(c.connects > n for c, n in zip(moved, connects, strict=True))
             reconnects.append(max((c.connected_at for c in moved), default=killed) - killed)
             restarted = time.monotonic()
-            await cluster.start_node(victim, timeout=600)
-            ready.append(time.monotonic() - restarted)
+            try:
+                await cluster.start_node(victim, timeout=args.budget)
+                ready.append(f"{time.monotonic() - restarted:.0f}")
+            except TimeoutError:  # a node catching up with many sessions: go on without it
+                ready.append(f"not within {args.budget:g}")
             name = cluster.nodes[victim].name
             print(
-                f"  .. kill {len(reconnects)}: {name}, {len(moved)} cars moved in "
-                f"{reconnects[-1]:.1f} s; {name} restarted, healthy after {ready[-1]:.1f} s",
+                f"  .. kill {len(reconnects)}: {name}, {back}/{len(moved)} cars moved in "
+                f"{reconnects[-1]:.1f} s; {name} restarted, healthy after {ready[-1]} s",
                 flush=True,
             )
             wills += (
@@ -409,7 +414,7 @@ async def failover(
         f"{max(reconnects):.1f} s worst",
         "",
         f"per kill: {', '.join(f'{r:.1f}' for r in reconnects)} s; restarted node healthy after "
-        f"{', '.join(f'{r:.0f}' for r in ready)} s; {in_flight} messages not yet "
+        f"{', '.join(ready)} s; {in_flight} messages not yet "
         "PUBACKed when their node died",
     )
     report.add(
@@ -453,7 +458,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
-        "--settle", type=float, default=120.0, help="s to wait for the last messages and acks"
+        "--settle", type=float, default=60.0, help="s to wait for the last messages and acks"
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=90.0,
+        help="s a kill waits for the moved cars, and then for the restarted node to be healthy",
     )
     parser.add_argument("--quick", action="store_true", help="a short run: storm in 10 s")
     parser.add_argument(
