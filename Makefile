@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck check hil powercut powercut-selftest powercut-outbox \
-	powercut-outbox-selftest bench clean
+	powercut-outbox-selftest bench fleet clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,14 @@ powercut-outbox-selftest: $(STAMP)
 # writes bench/results/. About 14 minutes on 2 cores (links included); BENCH_ARGS=--quick for a 4-minute smoke.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The fleet (issue 18): N lightweight simulated cars (hw_sim/fleet.py, default 1000) against
+# Mosquitto and a 3-node NATS cluster on loopback; prints memory per session, reconnect time
+# after a broker restart, a call storm's rate and the keep-alive's monthly cost, then kills
+# cluster nodes with calls in flight. Last line `failover: K node kills, lost: L` (exit 1 when
+# L > 0). FLEET_ARGS=--quick for a short storm, e.g. FLEET_ARGS='--cars 200 --kills 1'.
+fleet: $(STAMP)
+	$(BIN)/python -m bench.fleet $(FLEET_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -170,10 +170,11 @@ class NatsCluster(Service):
         )
         log.close()
 
-    async def start_node(self, index: int) -> None:
-        """Start node ``index`` again (same ports, same store) and wait until it serves MQTT."""
+    async def start_node(self, index: int, timeout: float = READY_TIMEOUT_S) -> None:
+        """Start node ``index`` again (same ports, same store) and wait until it serves MQTT
+        (a node that catches up with thousands of sessions' streams takes minutes)."""
         self._spawn(index)
-        await self.wait_ready([index])
+        await self.wait_ready([index], timeout)
 
     async def wait_ready(
         self, indexes: range | list[int], timeout: float = READY_TIMEOUT_S

@@ -1,0 +1,487 @@
+"""``make fleet``: N simulated cars against Mosquitto and a 3-node NATS cluster, on loopback.
+
+    python -m bench.fleet [--cars 1000] [--kills 3] [--storm-window 60] [--quick]
+
+Mosquitto first: broker memory per session, the time for the fleet to reconnect after a broker
+restart and after an outage of ``--outage`` s under the agent's backoff and jitter, a call storm
+(5 % of the fleet within the storm window) and the keep-alive's cost. Then the NATS cluster:
+memory per session, and failover: a node is killed K times with calls in flight and every
+request and cancel must reach the backend, connected through the node that is never killed.
+The last line is ``failover: K node kills, lost: L``; the exit status is 1 when L > 0. Cars are
+:class:`hw_sim.fleet.FleetCar`, the backend is :class:`hw_sim.backend.SimulatedBackend` (MQTT
+3.1.1, persistent session). ``--no-resend`` is the self-check: it must report a loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from bench.common import percentile, rss_kib
+from hw_sim.backend import SimulatedBackend
+from hw_sim.fleet import Fleet, FleetCar
+from hw_sim.fleet_wire import Sent, TcpCounters, fleet_vin, status_payload
+from hw_sim.mosquitto import Mosquitto
+from hw_sim.nats_cluster import NatsCluster
+
+HEADER_BYTES = 52  # per segment: IPv4 20 + TCP 20 + timestamps option 12 (Linux default)
+MONTH_S = 30 * 86400
+KEEPALIVES = (20, 60, 300)
+PROBE_KEEPALIVE = 2  # the probe's own keep-alive: the exchange is the same bytes at any interval
+STORM_SHARE = 0.05
+BACKEND_NODE = 2  # the cluster node the backend uses; never killed
+
+
+@dataclass
+class Row:
+    measure: str
+    value: str
+    floor: str = ""
+    note: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, measure: str, value: str, floor: str = "", note: str = "") -> None:
+        self.rows.append(Row(measure, value, floor, note))
+        print(f"  .. {measure}: {value}", flush=True)
+
+    def print(self) -> None:
+        heads = Row("measure", "value", "floor", "note")
+        table = [heads, *self.rows]
+        widths = [max(len(getattr(r, f)) for r in table) for f in ("measure", "value", "floor")]
+        for row in table:
+            cells = (row.measure, row.value, row.floor)
+            print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)), row.note)
+
+
+async def until(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Wait (polling every 50 ms) until ``check()``; return how long it took."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
+
+
+def received(backend: SimulatedBackend) -> set[Sent]:
+    return {
+        Sent(r.kind, r.payload.get("incident_id", ""), r.payload.get("sequence", 0))
+        for r in backend.received
+        if r.kind in ("request", "cancel")
+    }
+
+
+def session_floor(car: FleetCar) -> int:
+    """Bytes a broker cannot avoid keeping per session: client id, the subscription, the
+    retained status and the Last Will (topics and payloads)."""
+    status = len(f"{car.base}/status") + len(status_payload("online", None, 0))
+    return len(car.client_id) + len(f"{car.base}/ack") + 2 * status
+
+
+def raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            print(f"warning: fd limit {target} < {needed}; raise ulimit -Hn", file=sys.stderr)
+
+
+# -- Mosquitto --------------------------------------------------------------------------------
+
+
+async def mosquitto_phase(args: argparse.Namespace, report: Report, rng: random.Random) -> None:
+    async with Mosquitto() as broker:
+        endpoint = [(broker.host, broker.port)]
+        async with SimulatedBackend(
+            broker.host, broker.port, protocol="3.1.1", client_id="fleet-backend-mosquitto"
+        ) as backend:
+            assert broker.process is not None
+            before = rss_kib(broker.process.pid)
+            cars = [
+                FleetCar(fleet_vin(i), endpoint, rng=random.Random(rng.random()))
+                for i in range(args.cars)
+            ]
+            async with Fleet(cars) as fleet:
+                took = await until(
+                    lambda: len(backend.status) >= len(cars), 120, "every status at the backend"
+                )
+                after = rss_kib(broker.process.pid)
+                per = (after - before) * 1024 / len(cars)
+                report.add(
+                    "Mosquitto memory per session",
+                    f"{per / 1024:.2f} KiB",
+                    f"{session_floor(cars[0])} B",
+                    f"RSS {before} -> {after} KiB for {len(cars)} sessions (connected in "
+                    f"{took:.1f} s); floor: client id, subscription, retained status, Will",
+                )
+                await restart(broker, cars, report, 0)
+                await restart(broker, cars, report, args.outage)
+                await asyncio.gather(
+                    storm(args, cars, backend, report, rng), keepalive_cost(args, endpoint, report)
+                )
+                await fleet.aclose()
+
+
+async def restart(
+    broker: Mosquitto, cars: Sequence[FleetCar], report: Report, outage: float
+) -> None:
+    """Stop Mosquitto, keep it down ``outage`` s, start it: how long until every car is back."""
+    before = [car.connects for car in cars]
+    down = time.monotonic()
+    await broker.stop()
+    await asyncio.sleep(outage)
+    await broker.start()
+    up = time.monotonic()
+    await until(
+        lambda: all(c.connects > n for c, n in zip(cars, before, strict=True)),
+        600,
+        "every car back after the restart",
+    )
+    back = max(car.connected_at for car in cars) - up
+    # The floor: when each car's backoff let it try again once the broker was back.
+    first_tries = [min((t for t in car.attempts if t >= up), default=up) - up for car in cars]
+    waits = sorted(car.connected_at - up for car in cars)
+    what = "restart" if not outage else f"{outage:g} s outage"
+    report.add(
+        f"reconnect after Mosquitto {what}",
+        f"{back:.2f} s",
+        f"{max(first_tries):.2f} s",
+        f"all {len(cars)} cars, from the broker's start; p50 {percentile(waits, 50):.2f} s; "
+        f"broker down {up - down:.2f} s; floor: the last car's first attempt after the broker "
+        "was back (backoff 0.5-30 s, full jitter)",
+    )
+
+
+async def storm(
+    args: argparse.Namespace,
+    cars: Sequence[FleetCar],
+    backend: SimulatedBackend,
+    report: Report,
+    rng: random.Random,
+) -> None:
+    window = args.storm_window
+    callers = rng.sample(list(cars), max(1, round(len(cars) * STORM_SHARE)))
+    start = time.monotonic()
+    sent_at: dict[str, float] = {}
+
+    async def one(car: FleetCar, delay: float) -> None:
+        await asyncio.sleep(delay)
+        incident = car.call()
+        sent_at[incident] = time.monotonic()
+        if rng.random() < 0.5:  # a cancel within the cancel window
+            await asyncio.sleep(rng.uniform(2, 8))
+            car.cancel(incident)
+
+    async with asyncio.TaskGroup() as group:
+        for car in callers:
+            group.create_task(one(car, rng.uniform(0, window)), name=f"storm {car.vin}")
+    sent = {what for car in callers for what in car.sent}
+    await until(lambda: sent <= received(backend), 60, "every storm request at the backend")
+    arrivals = {
+        r.payload["incident_id"]: r.at
+        for r in reversed(backend.received)
+        if r.kind == "request" and r.payload.get("incident_id") in sent_at
+    }
+    times = sorted(arrivals.values())
+    per_second: dict[int, int] = {}
+    for t in times:
+        per_second[int(t - start)] = per_second.get(int(t - start), 0) + 1
+    latency = sorted(arrivals[i] - sent_at[i] for i in arrivals)
+    compressed = "" if window == 60 else f" (the minute compressed to {window:g} s)"
+    report.add(
+        "call storm: requests/s at the backend",
+        f"{len(times) / window:.2f}/s mean, {max(per_second.values())}/s peak",
+        f"{len(callers) / window:.2f}/s offered",
+        f"{len(callers)} calls ({STORM_SHARE:.0%} of {len(cars)}) in {window:g} s{compressed}; "
+        f"car -> backend p50 {percentile(latency, 50) * 1000:.1f} ms, "
+        f"max {latency[-1] * 1000:.1f} ms",
+    )
+
+
+@dataclass(frozen=True)
+class Exchanges:
+    """What a probe car's socket carried over ``count`` keep-alive exchanges (TCP_INFO)."""
+
+    count: int
+    delta: TcpCounters
+    period: float
+
+    @property
+    def payload(self) -> int:
+        return self.delta.bytes_acked + self.delta.bytes_received
+
+    @property
+    def segments(self) -> int:
+        return self.delta.segs_out + self.delta.segs_in
+
+    @property
+    def wire_bytes(self) -> float:
+        """Per exchange, MQTT bytes plus an IPv4+TCP header on every segment (ACKs too)."""
+        return (self.payload + self.segments * HEADER_BYTES) / self.count
+
+
+async def probe(endpoint: list[tuple[str, int]], keep_alive: int, count: int) -> Exchanges:
+    car = FleetCar(fleet_vin(999_000 + keep_alive), endpoint, keep_alive=keep_alive)
+    async with Fleet([car]) as fleet:
+        await fleet.wait_connected(30)
+        await until(lambda: car.pingresps >= 1, 2 * keep_alive + 30, "the probe's first PINGRESP")
+        await asyncio.sleep(keep_alive / 2)  # mid-interval: idle, delayed ACKs sent
+        sock = car.socket()
+        assert sock is not None
+        first, seen, start = TcpCounters.of(sock), car.pingresps, time.monotonic()
+        await until(
+            lambda: car.pingresps >= seen + count, keep_alive * count + 30, "probe exchanges"
+        )
+        await asyncio.sleep(keep_alive / 2)
+        delta, period = TcpCounters.of(sock) - first, time.monotonic() - start
+        if car.connects != 1:
+            raise RuntimeError("a keep-alive probe reconnected during its measurement")
+    return Exchanges(count, delta, period)
+
+
+async def keepalive_cost(
+    args: argparse.Namespace, endpoint: list[tuple[str, int]], report: Report
+) -> None:
+    """TCP_INFO on a probe car's socket: keep-alive 2 s over E exchanges (the same bytes as at
+    any interval), and (not --quick) a car at 20 s over 3 exchanges as the direct check."""
+    fast_probe = probe(endpoint, PROBE_KEEPALIVE, 3 if args.quick else 10)
+    if args.quick:
+        fast, direct = await fast_probe, None
+    else:
+        fast, direct = await asyncio.gather(fast_probe, probe(endpoint, 20, 3))
+    for keepalive in KEEPALIVES:
+        per_month = fast.wire_bytes * MONTH_S / keepalive
+        check = ""
+        if direct is not None and keepalive == 20:
+            check = (
+                f"; direct at 20 s: {direct.wire_bytes * MONTH_S / 20 / 1e6:.2f} MB "
+                f"({direct.count} exchanges in {direct.period:.0f} s)"
+            )
+        report.add(
+            f"keep-alive {keepalive} s: data per car per month",
+            f"{per_month / 1e6:.2f} MB",
+            f"{4 * MONTH_S / keepalive / 1e6:.3f} MB",
+            f"{fast.wire_bytes:.0f} B per PINGREQ/PINGRESP ({fast.payload} B MQTT + "
+            f"{fast.segments} segments x {HEADER_BYTES} B IPv4+TCP headers in {fast.count} "
+            f"exchanges at {PROBE_KEEPALIVE} s, TCP_INFO){check}; floor: the 4 MQTT bytes",
+        )
+
+
+# -- the NATS cluster -------------------------------------------------------------------------
+
+
+async def nats_phase(args: argparse.Namespace, report: Report, rng: random.Random) -> int:
+    async with NatsCluster() as cluster:
+        nodes = [(cluster.host, node.mqtt_port) for node in cluster.nodes]
+        async with SimulatedBackend(
+            cluster.host,
+            nodes[BACKEND_NODE][1],
+            protocol="3.1.1",
+            client_id="fleet-backend-nats",
+        ) as backend:
+            before = cluster.rss_bytes()
+            # Each car's mqtt.host lists the two nodes that die in turn, half of them in each
+            # order; the third node serves the backend and is never killed.
+            pair = [nodes[0], nodes[1]]
+            cars = [
+                FleetCar(
+                    fleet_vin(i),
+                    pair[i % 2 :] + pair[: i % 2],
+                    resend=args.resend,
+                    rng=random.Random(rng.random()),
+                )
+                for i in range(args.cars)
+            ]
+            async with Fleet(cars) as fleet:
+                took = await until(
+                    lambda: len(backend.status) >= len(cars), 300, "every status at the backend"
+                )
+                after = cluster.rss_bytes()
+                per = (after - before) / len(cars)
+                report.add(
+                    "NATS cluster memory per session",
+                    f"{per / 1024:.2f} KiB",
+                    f"{session_floor(cars[0])} B",
+                    f"RSS of 3 nodes {before >> 20} -> {after >> 20} MiB (connected in "
+                    f"{took:.1f} s); each session is replicated to all 3 (R3)",
+                )
+                lost = await failover(args, cluster, cars, backend, report=report, rng=rng)
+                await fleet.aclose()
+    return lost
+
+
+async def failover(
+    args: argparse.Namespace,
+    cluster: NatsCluster,
+    cars: Sequence[FleetCar],
+    backend: SimulatedBackend,
+    *,
+    report: Report,
+    rng: random.Random,
+) -> int:
+    stop = asyncio.Event()
+    open_calls: dict[FleetCar, str] = {}
+
+    def call_or_cancel(car: FleetCar) -> None:
+        incident = open_calls.pop(car, None)
+        if incident is None:
+            open_calls[car] = car.call()
+        else:
+            car.cancel(incident)
+
+    async def background() -> None:
+        while not stop.is_set():
+            call_or_cancel(rng.choice(cars))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(rng.expovariate(args.call_rate)):
+                    await stop.wait()
+
+    reconnects: list[float] = []
+    ready: list[str] = []
+    in_flight = 0
+    wills = 0
+    async with asyncio.TaskGroup() as group:
+        group.create_task(background(), name="failover calls")
+        for _ in range(args.kills):
+            victim = max(
+                (0, 1), key=lambda i: sum(cluster.index_of(c.broker[1]) == i for c in cars)
+            )
+            port = cluster.nodes[victim].mqtt_port
+            moved = [c for c in cars if c.connected.is_set() and c.broker[1] == port]
+            for car in rng.sample(moved, min(len(moved), args.in_flight)):
+                call_or_cancel(car)  # written to the socket; the node dies before its PUBACK
+            flying = sum(c.pending for c in moved)
+            offline_before = sum(
+                r.kind == "status" and r.payload.get("state") == "offline" for r in backend.received
+            )
+            connects = [c.connects for c in moved]
+            killed = time.monotonic()
+            await cluster.kill(victim)
+            in_flight += flying
+            with contextlib.suppress(TimeoutError):  # bounded: the loss check still runs
+                await until(
+                    lambda: all(c.connects > n for c, n in zip(moved, connects, strict=True)),  # noqa: B023
+                    args.budget,
+                    "the moved cars back",
+                )
+            back = sum(c.connects > n for c, n in zip(moved, connects, strict=True))
+            reconnects.append(max((c.connected_at for c in moved), default=killed) - killed)
+            restarted = time.monotonic()
+            try:
+                await cluster.start_node(victim, timeout=args.budget)
+                ready.append(f"{time.monotonic() - restarted:.0f}")
+            except TimeoutError:  # a node catching up with many sessions: go on without it
+                ready.append(f"not within {args.budget:g}")
+            name = cluster.nodes[victim].name
+            print(
+                f"  .. kill {len(reconnects)}: {name}, {back}/{len(moved)} cars moved in "
+                f"{reconnects[-1]:.1f} s; {name} restarted, healthy after {ready[-1]} s",
+                flush=True,
+            )
+            wills += (
+                sum(
+                    r.kind == "status" and r.payload.get("state") == "offline"
+                    for r in backend.received
+                )
+                - offline_before
+            )
+        stop.set()
+    sent = {what for car in cars for what in car.sent}
+    with contextlib.suppress(TimeoutError):
+        await until(lambda: sent <= received(backend), args.settle, "every message at the backend")
+    missing = sent - received(backend)
+    requests = {s.incident_id for s in sent if s.kind == "request"}
+
+    def acked() -> set[str]:
+        return {str(a.get("incident_id")) for car in cars for a in car.acks}
+
+    with contextlib.suppress(TimeoutError):  # acks route back through the cars' nodes
+        await until(lambda: requests <= acked(), args.settle, "every ack at its car")
+    report.add(
+        "NATS failover: moved cars back (after kill)",
+        f"{max(reconnects):.1f} s worst",
+        "",
+        f"per kill: {', '.join(f'{r:.1f}' for r in reconnects)} s; restarted node healthy after "
+        f"{', '.join(ready)} s; {in_flight} messages not yet "
+        "PUBACKed when their node died",
+    )
+    report.add(
+        "NATS failover: delivered",
+        f"{len(sent) - len(missing)}/{len(sent)}",
+        f"{len(sent)}",
+        f"requests and cancels; acks back at the cars for {len(requests & acked())}/"
+        f"{len(requests)} requests ({sum(c.repeats for c in cars)} requests published again "
+        f"after {cars[0].ack_timeout:g} s without an ack); {backend.duplicates} duplicates "
+        f"(same incident_id, sequence) at the backend; offline statuses during kills: {wills}",
+    )
+    return len(missing)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    raise_fd_limit(4 * args.cars + 1024)
+    rng = random.Random(args.seed)
+    report = Report()
+    started = time.monotonic()
+    print(f"fleet: {args.cars} cars, {args.kills} node kills", flush=True)
+    await mosquitto_phase(args, report, rng)
+    lost = await nats_phase(args, report, rng)
+    report.add("whole run", f"{time.monotonic() - started:.0f} s")
+    print()
+    report.print()
+    print(f"failover: {args.kills} node kills, lost: {lost}")
+    return 1 if lost else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cars", type=int, default=1000)
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--storm-window", type=float, default=None, help="s (default 60)")
+    parser.add_argument("--call-rate", type=float, default=2.0, help="calls/s during failover")
+    parser.add_argument(
+        "--in-flight", type=int, default=None, help="calls written just before a kill (2 %%)"
+    )
+    parser.add_argument(
+        "--outage", type=float, default=None, help="s Mosquitto stays down (10, quick 3)"
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--settle", type=float, default=60.0, help="s to wait for the last messages and acks"
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=90.0,
+        help="s a kill waits for the moved cars, and then for the restarted node to be healthy",
+    )
+    parser.add_argument("--quick", action="store_true", help="a short run: storm in 10 s")
+    parser.add_argument(
+        "--no-resend",
+        dest="resend",
+        action="store_false",
+        help="self-check: cars do not re-send what was not PUBACKed; failover must report loss",
+    )
+    args = parser.parse_args(argv)
+    if args.storm_window is None:
+        args.storm_window = 10.0 if args.quick else 60.0
+    if args.in_flight is None:
+        args.in_flight = max(2, args.cars // 50)
+    if args.outage is None:
+        args.outage = 3.0 if args.quick else 10.0
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
