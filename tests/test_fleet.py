@@ -27,7 +27,19 @@ from hw_sim.fleet_wire import (
 from hw_sim.mqtt_codec import PacketType, decode_connect, decode_subscribe, decode_varint
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--cars", "20", "--kills", "1", "--quick", "--storm-window", "2", "--outage", "1"]
+TINY = [
+    "--cars",
+    "20",
+    "--kills",
+    "1",
+    "--quick",
+    "--storm-window",
+    "2",
+    "--outage",
+    "1",
+    "--budget",
+    "20",
+]
 
 
 INCIDENT = "0b5e4a52-6f1d-4c3e-9a55-3f3c2d1e0f11"
