@@ -54,11 +54,13 @@ class PahoOnLoop:
         """Stop watching and close the socket (no DISCONNECT: see Uplink.aclose); idempotent."""
         self._closed = True
         self.client.on_disconnect = None
+        # unwatch first: with a writer still registered, removing the reader of a closed fd
+        # makes epoll's modify() raise EBADF out of the agent's task group
+        self._forget_fd()
         sock = self.client.socket()
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
-        self._forget_fd()
 
     def _forget_fd(self) -> None:
         if self._fd is not None:
