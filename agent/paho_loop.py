@@ -64,8 +64,12 @@ class PahoOnLoop:
 
     def _forget_fd(self) -> None:
         if self._fd is not None:
-            self._loop.remove_reader(self._fd)
-            self._loop.remove_writer(self._fd)
+            # a socket paho closed on its own error path: its fd may already be gone (EBADF)
+            # or reused; forgetting it must never raise into the agent's task group
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_reader(self._fd)
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_writer(self._fd)
         self._fd = None
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
