@@ -46,6 +46,7 @@ log = logging.getLogger("agent.uplink")
 
 CONNACK_TIMEOUT_S = 10.0
 URGENT = ("request", "cancel")  # what the driver is waiting for
+SUBSCRIBE_RETRY_S = (1.0, 30.0)  # a refused ack subscription is asked for again: first, most
 
 
 class BrokerBusy(UplinkError):
@@ -111,6 +112,7 @@ class Uplink:
         self._starved = False  # pending messages wait for room in the broker's window
         self._urgent_waiting = False  # among them a request or cancel: the status goes after
         self._wake = asyncio.Event()  # something urgent to send while disconnected
+        self._subscribe_retry_s = SUBSCRIBE_RETRY_S[0]
         self.connects = 0
         self.attempts = 0
         self.counters: dict[str, int] = {}
@@ -338,6 +340,7 @@ class Uplink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.on_log = self._on_log
         return client
 
@@ -352,6 +355,7 @@ class Uplink:
         self._connack = loop.create_future()
         self._last_error = None
         self.limits = BrokerLimits()
+        self._subscribe_retry_s = SUBSCRIBE_RETRY_S[0]
         host, port = self._endpoints[self._node]
         kwargs: dict[str, Any] = {}
         if self.cfg.protocol == "5":
@@ -375,7 +379,7 @@ class Uplink:
                 session_present,
                 f"; the broker grants {', '.join(granted)}" if granted else "",
             )
-            client.subscribe(self.topics.ack, qos=1)
+            self._subscribe(client)
             self.kick()  # what the driver waits for goes first into the broker's window
             self.publish_status()
             self.events.on_connection(True)
@@ -388,6 +392,33 @@ class Uplink:
             self._teardown()
             if was_connected:
                 self.events.on_connection(False)
+
+    def _subscribe(self, client: mqtt.Client) -> None:
+        """The ack subscription, on every connection (a session the broker lost has none)."""
+        if client is not self._client or not self._connected:
+            return
+        client.subscribe(self.topics.ack, qos=1)
+        self._flush()
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
+    ) -> None:
+        """A SUBACK that refuses the ack topic: no ack would ever reach the car, so the driver
+        would never see that help is coming. Ask again, 1 s doubling to 30 s, on this
+        connection (a NATS node refuses it while JetStream is still moving a session)."""
+        if not any(reason.is_failure for reason in reasons):
+            self._subscribe_retry_s = SUBSCRIBE_RETRY_S[0]
+            return
+        self.counters["subscribe_refused"] = self.counters.get("subscribe_refused", 0) + 1
+        delay = self._subscribe_retry_s
+        self._subscribe_retry_s = min(delay * 2, SUBSCRIBE_RETRY_S[1])
+        log.warning(
+            "broker refused the ack subscription (%s): asking again in %.0f s",
+            ", ".join(str(r) for r in reasons),
+            delay,
+        )
+        if self._loop is not None:
+            self._loop.call_later(delay, self._subscribe, client)
 
     def _teardown(self) -> None:
         io, self._io = self._io, None

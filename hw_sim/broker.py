@@ -158,6 +158,7 @@ class EmbeddedBroker(Service):
             0,
         )
         self._refusals: dict[str | None, int] = {}  # client id (None: any) -> CONNACK reason
+        self._subscribe_refusals: dict[str, int] = {}  # client id -> SUBSCRIBEs still refused
         self._holding: set[str] = set()  # client ids whose PUBACKs are held back
         self._sessions: dict[str, Session] = {}
         self._connections: set[Connection] = set()
@@ -247,6 +248,12 @@ class EmbeddedBroker(Service):
             self._refusals.pop(client_id, None)
         else:
             self._refusals[client_id] = reason
+
+    def refuse_subscribe(self, client_id: str, count: int) -> None:
+        """Answer the next ``count`` SUBSCRIBEs of ``client_id`` with SUBACK 0x80 for every
+        filter, storing none: what a cluster node does when it cannot create the subscription
+        (NATS after a failover)."""
+        self._subscribe_refusals[client_id] = count
 
     def disconnect(self, client_id: str, reason: int = Reason.SERVER_SHUTTING_DOWN) -> bool:
         """End ``client_id``'s connection (MQTT 5: DISCONNECT ``reason``), its Will published as
@@ -623,6 +630,15 @@ class EmbeddedBroker(Service):
             raise PacketError("subscription identifier 0", Reason.PROTOCOL_ERROR)
         reasons: list[int] = []
         now = time.monotonic()
+        if self._subscribe_refusals.get(conn.client_id, 0) > 0:
+            self._subscribe_refusals[conn.client_id] -= 1
+            reasons = [0x80] * len(packet.requests)  # unspecified error / failure (3.1.1)
+            log.info("%r: SUBSCRIBE refused", conn)
+            self._send(
+                conn, encode_suback(PacketType.SUBACK, packet.packet_id, conn.version, reasons)
+            )
+            self._notify()
+            return
         for request in packet.requests:
             topic_filter = request.topic_filter
             if not valid_topic_filter(topic_filter):

@@ -551,3 +551,24 @@ async def test_the_servers_keep_alive_sets_the_ping_interval(
     gaps = [b.at - a.at for a, b in itertools.pairwise(pings)]
     assert all(gap < 20 for gap in gaps), gaps  # 5 s or so; never the 30 s asked
     assert broker.record.disconnects_of(CLIENT) == []
+
+
+@pytest.mark.asyncio
+async def test_a_refused_ack_subscription_is_asked_for_again(
+    tmp_path: Path, fake_gpsd: FakeGpsd, production: BrokerFactory
+) -> None:
+    """A node that answers SUBSCRIBE with 0x80 (NATS while JetStream moves a session after a
+    failover) would leave the car without acks: the driver would never see help coming. The
+    agent asks again on the same connection until the broker grants it."""
+    async with production() as broker:
+        broker.refuse_subscribe(CLIENT, 2)
+        async with Scenario(tmp_path, broker.port, fake_gpsd.port) as sim:
+            ack = f"assistance/v1/{VIN}/ack"
+            await until(broker, lambda b: ack in b.subscriptions(CLIENT))  # the third time
+            await sim.car.hold(2100)
+            await sim.backend.wait_for("request", 1, timeout=DEADLINE)
+            await sim.led.wait_for(LedMode.CONNECTED, timeout=DEADLINE)  # the ack arrived
+            refused = sim.agent.uplink.counters.get("subscribe_refused")
+            connects = sim.agent.uplink.connects
+    assert refused == 2
+    assert connects == 1  # on the same connection, not by reconnecting
