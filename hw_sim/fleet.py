@@ -38,6 +38,7 @@ from hw_sim.fleet_wire import (
     cancel_payload,
     encode_connect,
     encode_subscribe,
+    encode_unsubscribe,
     request_payload,
     status_payload,
 )
@@ -79,6 +80,11 @@ class FleetCar:
     connack_timeout: float = 30.0
     ack_timeout: float = 30.0  # the agent's ack_timeout_s: no answer by then, the request again
     resend: bool = True
+    # What a car does when a request's ack does not come within ack_timeout, before it
+    # publishes the request again: "" nothing, "resubscribe" UNSUBSCRIBE and SUBSCRIBE its ack
+    # filter again on the open connection, "clean" reconnect once with clean session true and
+    # then persistent again (a new broker session, so a new subscription behind it).
+    revive: str = ""
     rng: random.Random = field(default_factory=random.Random)
     # observed
     connects: int = 0
@@ -88,6 +94,9 @@ class FleetCar:
     acks: list[dict[str, Any]] = field(default_factory=list)
     pingresps: int = 0
     repeats: int = 0  # requests published again for want of an ack
+    revives: int = 0  # times the revive above was done
+    subacks: int = 0
+    suback_failures: int = 0  # SUBACKs with return code 0x80: the broker refused the filter
     node: int = 0  # index into endpoints: in use, or tried next
 
     def __post_init__(self) -> None:
@@ -100,6 +109,7 @@ class FleetCar:
         self._open_incident: str | None = None
         self._unanswered: dict[str, bytes] = {}  # incident -> its request, until its ack
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._clean_next = False  # the next CONNECT with clean session true ("clean" revive)
 
     # -- what a driver does -----------------------------------------------------------------
 
@@ -146,7 +156,20 @@ class FleetCar:
         payload = self._unanswered.get(what.incident_id)
         if payload is not None:  # same incident_id, sequence, created_at: a duplicate
             self.repeats += 1
+            self.revive_delivery()
             self._publish(what, payload, record=False)
+
+    def revive_delivery(self) -> None:
+        """The ``revive`` of this car, now (nothing when it is ``""``)."""
+        if not self.revive or self._writer is None:
+            return
+        self.revives += 1
+        if self.revive == "resubscribe":
+            self._writer.write(encode_unsubscribe(self._allocate(), f"{self.base}/ack"))
+            self._writer.write(encode_subscribe(self._allocate(), f"{self.base}/ack", 1))
+        elif self.revive == "clean":
+            self._clean_next = True
+            self._writer.transport.abort()
 
     @property
     def broker(self) -> tuple[str, int]:
@@ -210,12 +233,22 @@ class FleetCar:
             async with asyncio.timeout(self.connack_timeout):
                 reader, writer = await asyncio.open_connection(host, port)
                 will = status_payload("offline", None, 0)
+                clean, self._clean_next = self._clean_next, False
                 writer.write(
-                    encode_connect(self.client_id, self.keep_alive, f"{self.base}/status", will)
+                    encode_connect(
+                        self.client_id, self.keep_alive, f"{self.base}/status", will, clean=clean
+                    )
                 )
                 kind, _, body = await read_packet(reader, MAX_PACKET)
             if kind != PacketType.CONNACK or len(body) != 2 or body[1] != 0:
                 raise ConnectionError(f"refused: {kind} {body.hex()}")
+            if clean:  # the broker forgot the session: DISCONNECT, and persistent at once
+                writer.write(encode_packet(PacketType.DISCONNECT, 0, b""))
+                await writer.drain()
+                writer.transport.abort()
+                writer = None
+                self.node = (self.node - 1) % len(self.endpoints)  # the same node again
+                raise ConnectionError("clean session done")
             self._writer = writer
             self.connects += 1
             self.connected_at = time.monotonic()
@@ -268,6 +301,9 @@ class FleetCar:
                     self._answered(str(ack.get("incident_id")))
             elif kind == PacketType.PINGRESP:
                 self.pingresps += 1
+            elif kind == PacketType.SUBACK:
+                self.subacks += 1
+                self.suback_failures += body[2:].count(0x80)
             # SUBACK and anything else: nothing to do
 
     async def _ping(self, writer: asyncio.StreamWriter) -> None:
