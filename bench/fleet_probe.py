@@ -26,6 +26,8 @@ from hw_sim.fleet import Fleet, FleetCar
 from hw_sim.fleet_wire import fleet_vin
 from hw_sim.nats_cluster import NatsCluster
 
+KINDS = ("subscribe", "resubscribe", "clean")
+
 
 def monitor(cluster: NatsCluster, index: int, path: str) -> dict[str, Any]:
     url = f"http://127.0.0.1:{cluster.nodes[index].http_port}{path}"
@@ -153,11 +155,11 @@ async def main_async(args: argparse.Namespace) -> int:
                 describe(cluster, cars, lost, args.dump, 0)
                 if lost and args.try_revives:
                     for number, car in enumerate(lost):
-                        car.revive = ("resubscribe", "clean")[number % 2]
+                        car.revive = KINDS[number % len(KINDS)]
                         car.revive_delivery()
                     await asyncio.sleep(5)
                     again, took = await calls_round(lost, args.wait)
-                    for kind in ("resubscribe", "clean"):
+                    for kind in KINDS:
                         tried = [c for c in lost if c.revive == kind]
                         print(
                             f"  revive {kind}: {len(tried) - len(set(again) & set(tried))}"

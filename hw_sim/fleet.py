@@ -27,7 +27,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,11 @@ class FleetCar:
     # filter again on the open connection, "clean" reconnect once with clean session true and
     # then persistent again (a new broker session, so a new subscription behind it).
     revive: str = ""
+    # A SUBACK with return code 0x80 (NATS: its JetStream consumer not created in time, under
+    # load) leaves the session without a subscription: SUBSCRIBE again on the same connection,
+    # after the delays of the agent's backoff from suback_retry_s[0] to [1], until granted.
+    suback_retry: bool = True
+    suback_retry_s: tuple[float, float] = (1.0, 30.0)
     rng: random.Random = field(default_factory=random.Random)
     # observed
     connects: int = 0
@@ -97,6 +102,8 @@ class FleetCar:
     revives: int = 0  # times the revive above was done
     subacks: int = 0
     suback_failures: int = 0  # SUBACKs with return code 0x80: the broker refused the filter
+    suback_codes: list[int] = field(default_factory=list)
+    suback_retries: int = 0  # SUBSCRIBEs sent again after a refusal
     node: int = 0  # index into endpoints: in use, or tried next
 
     def __post_init__(self) -> None:
@@ -110,6 +117,8 @@ class FleetCar:
         self._unanswered: dict[str, bytes] = {}  # incident -> its request, until its ack
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._clean_next = False  # the next CONNECT with clean session true ("clean" revive)
+        self._suback_delays: Iterator[float] | None = None  # per connection, after a refusal
+        self._suback_timer: asyncio.TimerHandle | None = None
 
     # -- what a driver does -----------------------------------------------------------------
 
@@ -129,6 +138,9 @@ class FleetCar:
 
     def stop(self) -> None:
         """Forget the timers of requests waiting for their ack (safe twice)."""
+        if self._suback_timer is not None:
+            self._suback_timer.cancel()
+            self._suback_timer = None
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -164,7 +176,9 @@ class FleetCar:
         if not self.revive or self._writer is None:
             return
         self.revives += 1
-        if self.revive == "resubscribe":
+        if self.revive == "subscribe":  # what the car does after every CONNACK anyway
+            self._writer.write(encode_subscribe(self._allocate(), f"{self.base}/ack", 1))
+        elif self.revive == "resubscribe":
             self._writer.write(encode_unsubscribe(self._allocate(), f"{self.base}/ack"))
             self._writer.write(encode_subscribe(self._allocate(), f"{self.base}/ack", 1))
         elif self.revive == "clean":
@@ -276,6 +290,10 @@ class FleetCar:
         finally:
             self._writer = None
             self.connected.clear()
+            self._suback_delays = None
+            if self._suback_timer is not None:
+                self._suback_timer.cancel()
+                self._suback_timer = None
             if pinger is not None:
                 pinger.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -304,7 +322,26 @@ class FleetCar:
             elif kind == PacketType.SUBACK:
                 self.subacks += 1
                 self.suback_failures += body[2:].count(0x80)
+                self.suback_codes.extend(body[2:])
+                if 0x80 in body[2:] and self.suback_retry:
+                    self._subscribe_later(writer)
             # SUBACK and anything else: nothing to do
+
+    def _subscribe_later(self, writer: asyncio.StreamWriter) -> None:
+        if self._suback_delays is None:
+            # its own draws (from the VIN), so the reconnect backoff draws stay what they were
+            self._suback_delays = backoff_delays(*self.suback_retry_s, random.Random(self.vin))
+        if self._suback_timer is not None:
+            self._suback_timer.cancel()
+        self._suback_timer = asyncio.get_running_loop().call_later(
+            next(self._suback_delays), self._subscribe_again, writer
+        )
+
+    def _subscribe_again(self, writer: asyncio.StreamWriter) -> None:
+        self._suback_timer = None
+        if self._writer is writer:  # still the connection whose SUBSCRIBE was refused
+            self.suback_retries += 1
+            writer.write(encode_subscribe(self._allocate(), f"{self.base}/ack", 1))
 
     async def _ping(self, writer: asyncio.StreamWriter) -> None:
         """PINGREQ every keep-alive; no PINGRESP by the next one means a dead link."""
