@@ -196,6 +196,13 @@ async def main_async(args: argparse.Namespace) -> int:
                         flush=True,
                     )
                     describe(cluster, cars, lost, args.dump, kill + 1)
+                for node in cluster.nodes:
+                    log = node.conf.parent / f"{node.name}.log"
+                    text = log.read_text(errors="replace") if log.exists() else ""
+                    lines = [x for x in text.splitlines() if "JetStream consumer" in x]
+                    print(f"{node.name} log: {len(lines)} 'Unable to add JetStream consumer'")
+                    if lines:
+                        print(f"  e.g. {lines[0][:400]}")
                 await fleet.aclose()
     print(f"probe: revive {args.revive or 'none'}, cars without ack at the end: {total_lost}")
     return 0
