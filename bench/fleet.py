@@ -301,7 +301,7 @@ async def nats_phase(args: argparse.Namespace, report: Report, rng: random.Rando
                     pair[i % 2 :] + pair[: i % 2],
                     resend=args.resend,
                     suback_retry=args.suback_retry,
-                    revive=args.revive,
+                    revive="" if args.revive == "none" else args.revive,
                     rng=random.Random(rng.random()),
                 )
                 for i in range(args.cars)
@@ -430,7 +430,7 @@ async def failover(
         f"SUBACKs refused (0x80): {sum(c.suback_failures for c in cars)} at "
         f"{sum(c.suback_failures > 0 for c in cars)} cars, SUBSCRIBEs again: "
         f"{sum(c.suback_retries for c in cars)}"
-        + (f", revives ({args.revive}): {sum(c.revives for c in cars)}" if args.revive else ""),
+        + f", revives on ack timeouts ({args.revive}): {sum(c.revives for c in cars)}",
     )
     return len(missing)
 
@@ -481,9 +481,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--revive",
-        choices=("", "subscribe", "resubscribe", "clean"),
-        default="",
-        help="what a car does on an ack timeout before repeating the request (default nothing)",
+        choices=("none", "subscribe", "resubscribe", "clean"),
+        default="subscribe",
+        help="what a car does on an ack timeout before repeating the request: SUBSCRIBE again "
+        "(default), UNSUBSCRIBE + SUBSCRIBE, reconnect once with clean session true, or none",
     )
     parser.add_argument(
         "--no-resend",

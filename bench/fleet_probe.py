@@ -143,6 +143,8 @@ async def main_async(args: argparse.Namespace) -> int:
                     pair[i % 2 :] + pair[: i % 2],
                     ack_timeout=args.ack_timeout,
                     revive=args.revive,
+                    suback_retry=args.suback_retry,
+                    suback_retry_s=(args.retry_min, args.retry_max),
                     rng=random.Random(rng.random()),
                 )
                 for i in range(args.cars)
@@ -166,6 +168,14 @@ async def main_async(args: argparse.Namespace) -> int:
                             f"/{len(tried)} acked after it"
                         )
                     describe(cluster, cars, again, args.dump, -1)
+                    for kind in KINDS:
+                        tried = [c.vin for c in lost if c.revive == kind][:3]
+                        shot = snapshot(cluster, tried)
+                        counts = {
+                            vin: {k: len(v) for k, v in d.items() if "consumers" in k}
+                            for vin, d in shot.items()
+                        }
+                        print(f"  {kind}: $MQTT_msgs consumers per node after it: {counts}")
                     for car in cars:
                         car.revive = args.revive
                 total_lost = 0
@@ -196,6 +206,14 @@ async def main_async(args: argparse.Namespace) -> int:
                         flush=True,
                     )
                     describe(cluster, cars, lost, args.dump, kill + 1)
+                jsz = monitor(cluster, 2, "/jsz?streams=1&accounts=1")
+                for account in jsz.get("account_details", []):
+                    for stream in account.get("stream_detail", []):
+                        print(
+                            f"n3: stream {stream.get('name')}: "
+                            f"{stream.get('state', {}).get('consumer_count')} consumers "
+                            f"for {len(cars)} cars"
+                        )
                 for node in cluster.nodes:
                     log = node.conf.parent / f"{node.name}.log"
                     text = log.read_text(errors="replace") if log.exists() else ""
@@ -217,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ack-timeout", type=float, default=15.0)
     parser.add_argument("--wait", type=float, default=40.0)
     parser.add_argument("--try-revives", action="store_true")
+    parser.add_argument("--no-suback-retry", dest="suback_retry", action="store_false")
+    parser.add_argument("--retry-min", type=float, default=1.0)
+    parser.add_argument("--retry-max", type=float, default=30.0)
     parser.add_argument("--dump", default="/tmp/fleet_probe.json")
     return asyncio.run(main_async(parser.parse_args(argv)))
 

@@ -83,8 +83,10 @@ class FleetCar:
     # What a car does when a request's ack does not come within ack_timeout, before it
     # publishes the request again: "" nothing, "resubscribe" UNSUBSCRIBE and SUBSCRIBE its ack
     # filter again on the open connection, "clean" reconnect once with clean session true and
-    # then persistent again (a new broker session, so a new subscription behind it).
-    revive: str = ""
+    # then persistent again (a new broker session, so a new subscription behind it); and
+    # "subscribe" (the default) SUBSCRIBE again. Each revived every refused session in
+    # bench/fleet_probe; the SUBSCRIBE is the cheapest (no consumer deleted, no reconnect).
+    revive: str = "subscribe"
     # A SUBACK with return code 0x80 (NATS: its JetStream consumer not created in time, under
     # load) leaves the session without a subscription: SUBSCRIBE again on the same connection,
     # after the delays of the agent's backoff from suback_retry_s[0] to [1], until granted.
