@@ -16,6 +16,12 @@ car sent is lost while its broker or cluster node dies. A request PUBACKed but n
 an ``ack`` within ``ack_timeout`` (the agent's ``ack_timeout_s``, 30 s) is published again, the
 same request, until it is. ``resend=False`` turns the re-sending after a reconnect off (what was
 queued while disconnected is still sent once), to show that the fleet's loss check can fail.
+
+A SUBACK with return code 0x80 is not ignored: NATS answers so when it cannot create the
+subscription's JetStream consumer within its API timeout (many sessions at once), and then
+delivers nothing to that session until a later SUBSCRIBE is granted. The car SUBSCRIBEs again
+on the same connection after a backoff (``suback_retry``), and again on every ack timeout
+(``revive``).
 """
 
 from __future__ import annotations
