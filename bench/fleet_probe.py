@@ -155,12 +155,14 @@ async def main_async(args: argparse.Namespace) -> int:
                 lost, took = await calls_round(cars, args.wait)
                 print(f"before kills: {len(cars) - len(lost)}/{len(cars)} acks in {took:.1f} s")
                 describe(cluster, cars, lost, args.dump, 0)
+                total_lost = len(lost)  # of the last round
                 if lost and args.try_revives:
                     for number, car in enumerate(lost):
                         car.revive = KINDS[number % len(KINDS)]
                         car.revive_delivery()
                     await asyncio.sleep(5)
                     again, took = await calls_round(lost, args.wait)
+                    total_lost = len(again)
                     for kind in KINDS:
                         tried = [c for c in lost if c.revive == kind]
                         print(
@@ -178,7 +180,6 @@ async def main_async(args: argparse.Namespace) -> int:
                         print(f"  {kind}: $MQTT_msgs consumers per node after it: {counts}")
                     for car in cars:
                         car.revive = args.revive
-                total_lost = 0
                 for kill in range(args.kills):
                     victim = kill % 2
                     port = cluster.nodes[victim].mqtt_port
