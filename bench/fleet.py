@@ -300,6 +300,8 @@ async def nats_phase(args: argparse.Namespace, report: Report, rng: random.Rando
                     fleet_vin(i),
                     pair[i % 2 :] + pair[: i % 2],
                     resend=args.resend,
+                    suback_retry=args.suback_retry,
+                    revive="" if args.revive == "none" else args.revive,
                     rng=random.Random(rng.random()),
                 )
                 for i in range(args.cars)
@@ -424,7 +426,11 @@ async def failover(
         f"requests and cancels; acks back at the cars for {len(requests & acked())}/"
         f"{len(requests)} requests ({sum(c.repeats for c in cars)} requests published again "
         f"after {cars[0].ack_timeout:g} s without an ack); {backend.duplicates} duplicates "
-        f"(same incident_id, sequence) at the backend; offline statuses during kills: {wills}",
+        f"(same incident_id, sequence) at the backend; offline statuses during kills: {wills}; "
+        f"SUBACKs refused (0x80): {sum(c.suback_failures for c in cars)} at "
+        f"{sum(c.suback_failures > 0 for c in cars)} cars, SUBSCRIBEs again: "
+        f"{sum(c.suback_retries for c in cars)}"
+        + f", revives on ack timeouts ({args.revive}): {sum(c.revives for c in cars)}",
     )
     return len(missing)
 
@@ -467,6 +473,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="s a kill waits for the moved cars, and then for the restarted node to be healthy",
     )
     parser.add_argument("--quick", action="store_true", help="a short run: storm in 10 s")
+    parser.add_argument(
+        "--no-suback-retry",
+        dest="suback_retry",
+        action="store_false",
+        help="cars do not SUBSCRIBE again after a SUBACK 0x80 (NATS under load): acks go missing",
+    )
+    parser.add_argument(
+        "--revive",
+        choices=("none", "subscribe", "resubscribe", "clean"),
+        default="subscribe",
+        help="what a car does on an ack timeout before repeating the request: SUBSCRIBE again "
+        "(default), UNSUBSCRIBE + SUBSCRIBE, reconnect once with clean session true, or none",
+    )
     parser.add_argument(
         "--no-resend",
         dest="resend",

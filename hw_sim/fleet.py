@@ -16,6 +16,12 @@ car sent is lost while its broker or cluster node dies. A request PUBACKed but n
 an ``ack`` within ``ack_timeout`` (the agent's ``ack_timeout_s``, 30 s) is published again, the
 same request, until it is. ``resend=False`` turns the re-sending after a reconnect off (what was
 queued while disconnected is still sent once), to show that the fleet's loss check can fail.
+
+A SUBACK with return code 0x80 is not ignored: NATS answers so when it cannot create the
+subscription's JetStream consumer within its API timeout (many sessions at once), and then
+delivers nothing to that session until a later SUBSCRIBE is granted. The car SUBSCRIBEs again
+on the same connection after a backoff (``suback_retry``), and again on every ack timeout
+(``revive``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +44,7 @@ from hw_sim.fleet_wire import (
     cancel_payload,
     encode_connect,
     encode_subscribe,
+    encode_unsubscribe,
     request_payload,
     status_payload,
 )
@@ -79,6 +86,18 @@ class FleetCar:
     connack_timeout: float = 30.0
     ack_timeout: float = 30.0  # the agent's ack_timeout_s: no answer by then, the request again
     resend: bool = True
+    # What a car does when a request's ack does not come within ack_timeout, before it
+    # publishes the request again: "" nothing, "resubscribe" UNSUBSCRIBE and SUBSCRIBE its ack
+    # filter again on the open connection, "clean" reconnect once with clean session true and
+    # then persistent again (a new broker session, so a new subscription behind it); and
+    # "subscribe" (the default) SUBSCRIBE again. Each revived every refused session in
+    # bench/fleet_probe; the SUBSCRIBE is the cheapest (no consumer deleted, no reconnect).
+    revive: str = "subscribe"
+    # A SUBACK with return code 0x80 (NATS: its JetStream consumer not created in time, under
+    # load) leaves the session without a subscription: SUBSCRIBE again on the same connection,
+    # after the delays of the agent's backoff from suback_retry_s[0] to [1], until granted.
+    suback_retry: bool = True
+    suback_retry_s: tuple[float, float] = (1.0, 30.0)
     rng: random.Random = field(default_factory=random.Random)
     # observed
     connects: int = 0
@@ -88,6 +107,11 @@ class FleetCar:
     acks: list[dict[str, Any]] = field(default_factory=list)
     pingresps: int = 0
     repeats: int = 0  # requests published again for want of an ack
+    revives: int = 0  # times the revive above was done
+    subacks: int = 0
+    suback_failures: int = 0  # SUBACKs with return code 0x80: the broker refused the filter
+    suback_codes: list[int] = field(default_factory=list)
+    suback_retries: int = 0  # SUBSCRIBEs sent again after a refusal
     node: int = 0  # index into endpoints: in use, or tried next
 
     def __post_init__(self) -> None:
@@ -100,6 +124,9 @@ class FleetCar:
         self._open_incident: str | None = None
         self._unanswered: dict[str, bytes] = {}  # incident -> its request, until its ack
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._clean_next = False  # the next CONNECT with clean session true ("clean" revive)
+        self._suback_delays: Iterator[float] | None = None  # per connection, after a refusal
+        self._suback_timer: asyncio.TimerHandle | None = None
 
     # -- what a driver does -----------------------------------------------------------------
 
@@ -119,6 +146,9 @@ class FleetCar:
 
     def stop(self) -> None:
         """Forget the timers of requests waiting for their ack (safe twice)."""
+        if self._suback_timer is not None:
+            self._suback_timer.cancel()
+            self._suback_timer = None
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -146,7 +176,22 @@ class FleetCar:
         payload = self._unanswered.get(what.incident_id)
         if payload is not None:  # same incident_id, sequence, created_at: a duplicate
             self.repeats += 1
+            self.revive_delivery()
             self._publish(what, payload, record=False)
+
+    def revive_delivery(self) -> None:
+        """The ``revive`` of this car, now (nothing when it is ``""``)."""
+        if not self.revive or self._writer is None:
+            return
+        self.revives += 1
+        if self.revive == "subscribe":  # what the car does after every CONNACK anyway
+            self._writer.write(encode_subscribe(self._allocate(), f"{self.base}/ack", 1))
+        elif self.revive == "resubscribe":
+            self._writer.write(encode_unsubscribe(self._allocate(), f"{self.base}/ack"))
+            self._writer.write(encode_subscribe(self._allocate(), f"{self.base}/ack", 1))
+        elif self.revive == "clean":
+            self._clean_next = True
+            self._writer.transport.abort()
 
     @property
     def broker(self) -> tuple[str, int]:
@@ -210,12 +255,22 @@ class FleetCar:
             async with asyncio.timeout(self.connack_timeout):
                 reader, writer = await asyncio.open_connection(host, port)
                 will = status_payload("offline", None, 0)
+                clean, self._clean_next = self._clean_next, False
                 writer.write(
-                    encode_connect(self.client_id, self.keep_alive, f"{self.base}/status", will)
+                    encode_connect(
+                        self.client_id, self.keep_alive, f"{self.base}/status", will, clean=clean
+                    )
                 )
                 kind, _, body = await read_packet(reader, MAX_PACKET)
             if kind != PacketType.CONNACK or len(body) != 2 or body[1] != 0:
                 raise ConnectionError(f"refused: {kind} {body.hex()}")
+            if clean:  # the broker forgot the session: DISCONNECT, and persistent at once
+                writer.write(encode_packet(PacketType.DISCONNECT, 0, b""))
+                await writer.drain()
+                writer.transport.abort()
+                writer = None
+                self.node = (self.node - 1) % len(self.endpoints)  # the same node again
+                raise ConnectionError("clean session done")
             self._writer = writer
             self.connects += 1
             self.connected_at = time.monotonic()
@@ -243,6 +298,10 @@ class FleetCar:
         finally:
             self._writer = None
             self.connected.clear()
+            self._suback_delays = None
+            if self._suback_timer is not None:
+                self._suback_timer.cancel()
+                self._suback_timer = None
             if pinger is not None:
                 pinger.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -268,7 +327,29 @@ class FleetCar:
                     self._answered(str(ack.get("incident_id")))
             elif kind == PacketType.PINGRESP:
                 self.pingresps += 1
+            elif kind == PacketType.SUBACK:
+                self.subacks += 1
+                self.suback_failures += body[2:].count(0x80)
+                self.suback_codes.extend(body[2:])
+                if 0x80 in body[2:] and self.suback_retry:
+                    self._subscribe_later(writer)
             # SUBACK and anything else: nothing to do
+
+    def _subscribe_later(self, writer: asyncio.StreamWriter) -> None:
+        if self._suback_delays is None:
+            # its own draws (from the VIN), so the reconnect backoff draws stay what they were
+            self._suback_delays = backoff_delays(*self.suback_retry_s, random.Random(self.vin))
+        if self._suback_timer is not None:
+            self._suback_timer.cancel()
+        self._suback_timer = asyncio.get_running_loop().call_later(
+            next(self._suback_delays), self._subscribe_again, writer
+        )
+
+    def _subscribe_again(self, writer: asyncio.StreamWriter) -> None:
+        self._suback_timer = None
+        if self._writer is writer:  # still the connection whose SUBSCRIBE was refused
+            self.suback_retries += 1
+            writer.write(encode_subscribe(self._allocate(), f"{self.base}/ack", 1))
 
     async def _ping(self, writer: asyncio.StreamWriter) -> None:
         """PINGREQ every keep-alive; no PINGRESP by the next one means a dead link."""

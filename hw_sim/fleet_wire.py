@@ -25,6 +25,7 @@ __all__ = [
     "cancel_payload",
     "encode_connect",
     "encode_subscribe",
+    "encode_unsubscribe",
     "fleet_vin",
     "request_payload",
     "rfc3339",
@@ -123,9 +124,11 @@ def cancel_payload(incident_id: str, sequence: int) -> bytes:
     ).encode()
 
 
-def encode_connect(client_id: str, keep_alive: int, will_topic: str, will: bytes) -> bytes:
-    """MQTT 3.1.1 CONNECT: clean session false, a retained QoS 1 Last Will."""
-    flags = 0x20 | 0x01 << 3 | 0x04  # will retain, will QoS 1, will flag; clean session 0
+def encode_connect(
+    client_id: str, keep_alive: int, will_topic: str, will: bytes, *, clean: bool = False
+) -> bytes:
+    """MQTT 3.1.1 CONNECT: clean session false (unless ``clean``), a retained QoS 1 Last Will."""
+    flags = 0x20 | 0x01 << 3 | 0x04 | (0x02 if clean else 0)  # will retain, QoS 1, flag; clean
     body = encode_string("MQTT") + bytes([4, flags]) + keep_alive.to_bytes(2, "big")
     body += encode_string(client_id) + encode_string(will_topic) + encode_binary(will)
     return encode_packet(PacketType.CONNECT, 0, body)
@@ -134,6 +137,11 @@ def encode_connect(client_id: str, keep_alive: int, will_topic: str, will: bytes
 def encode_subscribe(packet_id: int, topic_filter: str, qos: int) -> bytes:
     body = packet_id.to_bytes(2, "big") + encode_string(topic_filter) + bytes([qos])
     return encode_packet(PacketType.SUBSCRIBE, 0b0010, body)
+
+
+def encode_unsubscribe(packet_id: int, topic_filter: str) -> bytes:
+    body = packet_id.to_bytes(2, "big") + encode_string(topic_filter)
+    return encode_packet(PacketType.UNSUBSCRIBE, 0b0010, body)
 
 
 @dataclass(frozen=True)
