@@ -316,6 +316,7 @@ class Agent:
             repeat.sequence,
             waited,
         )
+        self.uplink.resubscribe()  # ahead of the repeat: its ack must find a subscription
         self._store(repeat)
         self.uplink.kick()
 

@@ -393,6 +393,15 @@ class Uplink:
             if was_connected:
                 self.events.on_connection(False)
 
+    def resubscribe(self) -> None:
+        """Ask for the ack subscription again on this connection. A cluster node can lose a
+        moved session's subscription without a word (NATS under a mass failover), so that
+        acks the backend sends never arrive: before a request is repeated for want of an ack,
+        the subscription is renewed (SUBSCRIBE to a filter the session has just replaces it)."""
+        if self._client is not None and self._connected:
+            self.counters["resubscribes"] = self.counters.get("resubscribes", 0) + 1
+            self._subscribe(self._client)
+
     def _subscribe(self, client: mqtt.Client) -> None:
         """The ack subscription, on every connection (a session the broker lost has none)."""
         if client is not self._client or not self._connected:

@@ -255,6 +255,18 @@ class EmbeddedBroker(Service):
         (NATS after a failover)."""
         self._subscribe_refusals[client_id] = count
 
+    def forget_subscriptions(self, client_id: str) -> int:
+        """Drop every subscription of ``client_id``'s session without a word to the client:
+        what a cluster node does when the consumer behind a moved session is lost (NATS under
+        a mass failover). Return how many were dropped."""
+        session = self._sessions.get(client_id)
+        if session is None:
+            return 0
+        dropped = len(session.subscriptions)
+        session.subscriptions.clear()
+        self._notify()
+        return dropped
+
     def disconnect(self, client_id: str, reason: int = Reason.SERVER_SHUTTING_DOWN) -> bool:
         """End ``client_id``'s connection (MQTT 5: DISCONNECT ``reason``), its Will published as
         after any server-side close; False when it is not connected."""

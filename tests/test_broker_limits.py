@@ -572,3 +572,28 @@ async def test_a_refused_ack_subscription_is_asked_for_again(
             connects = sim.agent.uplink.connects
     assert refused == 2
     assert connects == 1  # on the same connection, not by reconnecting
+
+
+@pytest.mark.asyncio
+async def test_an_ack_subscription_the_node_lost_is_renewed_before_the_repeat(
+    tmp_path: Path, fake_gpsd: FakeGpsd, production: BrokerFactory
+) -> None:
+    """A node can lose a moved session's subscription without telling the client (NATS under
+    a mass failover): the backend's ack then goes nowhere, and a repeat alone would meet the
+    same void. When no ack comes within ack_timeout_s the agent SUBSCRIBEs again ahead of the
+    repeat, so the backend's answer to the repeat reaches the driver."""
+    ack = f"assistance/v1/{VIN}/ack"
+    async with production() as broker:
+        overrides = {"mqtt.ack_timeout_s": "2"}
+        async with Scenario(tmp_path, broker.port, fake_gpsd.port, overrides=overrides) as sim:
+            await until(broker, lambda b: ack in b.subscriptions(CLIENT))
+            assert broker.forget_subscriptions(CLIENT) == 1
+            await sim.car.hold(2100)
+            await sim.backend.wait_for("request", 1, timeout=DEADLINE)  # answered into the void
+            await sim.led.wait_for(LedMode.CONNECTED, timeout=DEADLINE)  # the repeat's answer
+            counters = dict(sim.agent.uplink.counters)
+            repeats = sim.agent.counters.get("request_repeats")
+            connects = sim.agent.uplink.connects
+    assert counters.get("resubscribes", 0) >= 1
+    assert repeats is not None and repeats >= 1
+    assert connects == 1
