@@ -3,7 +3,8 @@
 The socket is watched with ``loop.add_reader``/``add_writer`` and paho's ``loop_read`` /
 ``loop_write`` run from there, as aiomqtt does. paho's socket callbacks may come from the
 thread that runs the blocking ``connect()``; they are handed to the loop. Each socket gets the
-kernel's own watch on a dead path: TCP keep-alive and ``TCP_USER_TIMEOUT``.
+kernel's own watch on a dead path (TCP keep-alive and ``TCP_USER_TIMEOUT``) and the options
+of a thin stream (linear retransmission timeouts, no Nagle).
 """
 
 from __future__ import annotations
@@ -23,12 +24,21 @@ log = logging.getLogger("agent.uplink")
 # A probe after 10 s of silence, 3 probes 5 s apart; data unacknowledged for 20 s ends the
 # connection. Bounded, on any link.
 TCP_KEEPALIVE = ((socket.SO_KEEPALIVE, 1),)
-TCP_OPTIONS = (
+TCP_DEAD_PATH = (
     (socket.TCP_KEEPIDLE, 10),
     (socket.TCP_KEEPINTVL, 5),
     (socket.TCP_KEEPCNT, 3),
     (socket.TCP_USER_TIMEOUT, 20_000),
 )
+# The MQTT connection is a thin stream: a packet or two in flight, then silence. Linux's
+# TCP_THIN_LINEAR_TIMEOUTS (not in Python's socket module; linux/tcp.h has 16) keeps the
+# retransmission timeout linear instead of doubling for a thin stream's first six
+# retransmissions, so a request lost twice on a lossy cell is resent after 2 RTO, not 3.
+# TCP_NODELAY: a PUBACK or PUBLISH never waits behind an unacknowledged segment (Nagle).
+# Measured in UML kernel TCP under netem by bench.links_kernel (README, issue 15).
+TCP_THIN_LINEAR_TIMEOUTS: int = getattr(socket, "TCP_THIN_LINEAR_TIMEOUTS", 16)
+TCP_THIN = ((socket.TCP_NODELAY, 1), (TCP_THIN_LINEAR_TIMEOUTS, 1))
+TCP_OPTIONS = TCP_DEAD_PATH + TCP_THIN
 
 
 class PahoOnLoop:
@@ -73,11 +83,13 @@ class PahoOnLoop:
         self._fd = None
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # not every socket is TCP
-            for option, value in TCP_KEEPALIVE:
-                sock.setsockopt(socket.SOL_SOCKET, option, value)
-            for option, value in TCP_OPTIONS:
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+        options = [(socket.SOL_SOCKET, *o) for o in TCP_KEEPALIVE]
+        options += [(socket.IPPROTO_TCP, *o) for o in TCP_OPTIONS]
+        for level, option, value in options:
+            try:
+                sock.setsockopt(level, option, value)
+            except (OSError, AttributeError) as exc:  # not every socket is TCP or Linux
+                log.debug("socket option %d/%d not set: %s", level, option, exc)
         self._loop.call_soon_threadsafe(self._watch, sock.fileno())
 
     def _watch(self, fd: int) -> None:

@@ -64,7 +64,7 @@ mkdir -p /run/lock
 hostname "${HIL_HOSTNAME:-hil-uml}" 2>/dev/null
 
 # shellcheck disable=SC2086  # HIL_EXTRA_MODULES is a word list
-python3 "$HIL_HIL_DIR/loadmod.py" "$HIL_MODDIR" can can-raw can-bcm can-dev vcan "?ipv6" "?sch_netem" $HIL_EXTRA_MODULES ||
+python3 "$HIL_HIL_DIR/loadmod.py" "$HIL_MODDIR" can can-raw can-bcm can-dev vcan "?ipv6" "?sch_netem" "?sch_prio" "?cls_u32" $HIL_EXTRA_MODULES ||
     fail "loading CAN modules from $HIL_MODDIR (see console log)"
 ip link set lo up || fail "ip link set lo up"
 ip link add dev vcan0 type vcan || fail "ip link add dev vcan0 type vcan"

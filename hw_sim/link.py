@@ -212,9 +212,12 @@ class Link(Service):
                 return
             conn.up = up_writer
             conn.tasks.append(task)  # cut() ends the relay
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(conn.pump(reader, up_writer, "up"))
-                tg.create_task(conn.pump(up_reader, writer, "down"))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(conn.pump(reader, up_writer, "up"))
+                    tg.create_task(conn.pump(up_reader, writer, "down"))
+            except* OSError as group:  # a reset or broken pipe on either side ends the relay
+                log.debug("link: relay ended: %s", group.exceptions[0])
         except (OSError, asyncio.CancelledError):
             pass
         finally:

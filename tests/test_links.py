@@ -82,7 +82,8 @@ async def test_the_mqtt_socket_is_watched_by_the_kernel_too(
     tmp_path: Path, mosquitto: Mosquitto, fake_gpsd: FakeGpsd
 ) -> None:
     """TCP keep-alive (10 s idle, 3 probes 5 s apart) and TCP_USER_TIMEOUT (20 s): a dead path
-    ends the connection in bounded time even with nothing urgent in flight."""
+    ends the connection in bounded time even with nothing urgent in flight. And the options of
+    a thin stream: linear retransmission timeouts (Linux's 16) and no Nagle."""
     async with Scenario(tmp_path, mosquitto.port, fake_gpsd.port) as sim:
         await sim.agent.wait_until(lambda: sim.agent.uplink.connected, 10)
         client = sim.agent.uplink._client
@@ -94,9 +95,13 @@ async def test_the_mqtt_socket_is_watched_by_the_kernel_too(
             name: sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, name))
             for name in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT")
         }
+        tcp["TCP_NODELAY"] = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        tcp["TCP_THIN_LINEAR_TIMEOUTS"] = sock.getsockopt(socket.IPPROTO_TCP, 16)
     assert tcp == {
         "TCP_KEEPIDLE": 10,
         "TCP_KEEPINTVL": 5,
         "TCP_KEEPCNT": 3,
         "TCP_USER_TIMEOUT": 20_000,
+        "TCP_NODELAY": 1,
+        "TCP_THIN_LINEAR_TIMEOUTS": 1,
     }

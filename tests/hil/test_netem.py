@@ -9,21 +9,15 @@ every other process on it.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from hilstack import Stack, run
 
+from hw_sim.netem import in_uml
+
 pytestmark = pytest.mark.asyncio
-
-
-def in_uml() -> bool:
-    with contextlib.suppress(OSError):
-        return "UML" in Path("/proc/cpuinfo").read_text() or os.uname().release.endswith("um")
-    return False
 
 
 @contextlib.asynccontextmanager
