@@ -60,6 +60,20 @@ class PahoOnLoop:
         if not self._closed and self.client.want_write():
             self.client.loop_write()
 
+    def ping(self) -> bool:
+        """An MQTT PINGREQ now, written at once; False when closed or this paho has none.
+
+        paho has no public call for it: ``_send_pingreq`` is what its own keep-alive uses (it
+        also starts paho's wait for the PINGRESP). paho-mqtt is pinned below 3;
+        tests/test_links.py sees the PINGREQs on the wire.
+        """
+        send = getattr(self.client, "_send_pingreq", None)
+        if self._closed or send is None:
+            return False
+        send()
+        self.flush()
+        return True
+
     def close(self) -> None:
         """Stop watching and close the socket (no DISCONNECT: see Uplink.aclose); idempotent."""
         self._closed = True

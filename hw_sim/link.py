@@ -86,6 +86,8 @@ class _Connection:
                 if self.frozen:
                     continue
                 self.link.counters[f"bytes_{direction}"] += len(data)
+                if self.link.recorded is not None:
+                    self.link.recorded.append((time.monotonic(), direction, data))
                 mode = self.link.mode
                 at = time.monotonic() + mode.delay_s + self.link.rng.uniform(0, mode.jitter_s)
                 rto = mode.rto_s()
@@ -135,8 +137,12 @@ class Link(Service):
         host: str = "127.0.0.1",
         mode: LinkMode = PASS,
         seed: int | None = None,
+        record: bool = False,
     ) -> None:
         self.upstream = (upstream_host, upstream_port)
+        # record: every chunk as read, (time.monotonic(), "up" | "down", bytes), for a test
+        # that looks at what went over the wire and when
+        self.recorded: list[tuple[float, str, bytes]] | None = [] if record else None
         self.host = host
         self.port = port or free_port()
         self.mode = mode

@@ -247,3 +247,22 @@ def test_host_check_is_linear_in_the_length(tmp_path: Path) -> None:
     long_bad = "a." * 120 + "example.com:8883"
     assert not config.is_hostname(long_bad)
     assert not config.is_hostname("a." * 200 + "-bad")
+
+
+@pytest.mark.parametrize(
+    ("value", "from_text", "expected"),
+    [(0, False, 0.0), (0.25, False, 0.25), ("0", True, 0.0), ("0.0", True, 0.0), ("5", True, 5.0)],
+)
+def test_off_or_a_number(tmp_path: Path, value: object, from_text: bool, expected: float) -> None:
+    check = checks.off_or_number(0.05, 5)
+    assert check(value, Ctx(tmp_path, "mqtt.loss_probe_s", from_text)) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "from_text"), [(0.01, False), (6, False), (True, False), ("x", True), ("0", False)]
+)
+def test_off_or_a_number_refuses(tmp_path: Path, value: object, from_text: bool) -> None:
+    check = checks.off_or_number(0.05, 5)
+    expected = r"key 'k': expected 0 \(off\) or a number from 0.05 to 5"
+    with pytest.raises(ConfigError, match=expected):
+        check(value, Ctx(tmp_path, "k", from_text))

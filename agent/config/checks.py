@@ -107,6 +107,27 @@ def number(low: float, high: float) -> Check[float]:
     return Check(expected, parse)
 
 
+def off_or_number(low: float, high: float) -> Check[float]:
+    """0 (the feature is off) or a number from ``low`` to ``high``."""
+    inner = number(low, high)
+    expected = f"0 (off) or {inner.expected}"
+
+    def parse(value: Any, ctx: Ctx) -> float:
+        if ctx.from_text and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ctx.fail(expected, value) from None
+        if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+            return 0.0
+        try:
+            return inner(value, ctx)
+        except ConfigError:
+            raise ctx.fail(expected, value) from None
+
+    return Check(expected, parse)
+
+
 @check("true or false")
 def boolean(value: Any, ctx: Ctx) -> bool:
     if ctx.from_text and isinstance(value, str) and value.lower() in ("true", "false"):

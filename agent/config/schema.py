@@ -207,6 +207,13 @@ class MqttConfig:
         "a request or cancel not PUBACKed by then: the link is dead, reconnect at once "
         "(above the link's worst round trip plus two retransmissions)",
     )
+    loss_probe_s: float = key(
+        0.25,
+        c.off_or_number(0.05, 5),
+        "while a request or cancel waits for its PUBACK: an MQTT PINGREQ 20 ms after it, then "
+        "this often, so that the broker's TCP acknowledges a later segment and the kernel "
+        "resends a lost request after about a round trip, not its retransmission timeout",
+    )
 
     def endpoints(self) -> tuple[tuple[str, int], ...]:
         """Every broker as (host, port), in the order they are tried."""
