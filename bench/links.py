@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import sys
@@ -42,6 +43,7 @@ from bench.common import machine, summary_ms, write_json
 from hw_sim.gpsd import FakeGpsd
 from hw_sim.link import Link, LinkMode
 from hw_sim.mosquitto import Mosquitto
+from hw_sim.netem import port_netem
 from hw_sim.scenario import Scenario
 
 DELAYS_MS = (100, 200, 500)
@@ -125,10 +127,31 @@ async def condition(
     *,
     calls: int,
     seed: int,
+    netem: str | None = None,
 ) -> dict[str, Any]:
-    """``mode`` None: the frozen-link condition (pass mode, frozen 1 s before each press)."""
+    """``mode`` None: the frozen-link condition (pass mode, frozen 1 s before each press).
+    ``netem``: instead, the link passes and the kernel's netem ``netem`` (inside UML only) is
+    on its port, so that TCP's own retransmissions are measured."""
+    async with contextlib.AsyncExitStack() as stack:
+        link = await stack.enter_async_context(
+            Link(broker.port, seed=seed, mode=mode or LinkMode())
+        )
+        if netem is not None:
+            await stack.enter_async_context(port_netem(link.port, netem))
+        return await _calls(directory, broker, gpsd, link, mode=mode, calls=calls, netem=netem)
+
+
+async def _calls(
+    directory: Path,
+    broker: Mosquitto,
+    gpsd: FakeGpsd,
+    link: Link,
+    *,
+    mode: LinkMode | None,
+    calls: int,
+    netem: str | None,
+) -> dict[str, Any]:
     async with (
-        Link(broker.port, seed=seed, mode=mode or LinkMode()) as link,
         Scenario(
             directory,
             link.port,
@@ -145,7 +168,9 @@ async def condition(
             await sim.agent.wait_until(
                 lambda: sim.agent.uplink.connected and sim.agent.incidents.incident is None, 120
             )
-            if mode is None:
+            if netem is not None:
+                await asyncio.sleep(QUIET_S)
+            elif mode is None:
                 link.freeze()
                 await asyncio.sleep(1.0)
             elif mode.loss:
@@ -158,7 +183,7 @@ async def condition(
             waits.append(await arrival(sim, call.incident_id) - call.held_at)
             acks.append(await puback(sim, call.incident_id) - call.held_at)
         return {
-            "mode": None if mode is None else vars(mode),
+            "mode": {"netem": netem} if netem else None if mode is None else vars(mode),
             "hold_to_backend_ms": summary_ms(waits),
             "hold_to_puback_ms": summary_ms(acks),
             "publish_timeout_s": sim.agent.uplink.publish_timeout_s,
