@@ -61,7 +61,8 @@ powercut-outbox-selftest: $(STAMP)
 	POWERCUT_FAULT=$${POWERCUT_FAULT:-sync-off} $(BIN)/python hil/powercut.py --expect-failure
 
 # Benchmarks (issue 8): in-process on the virtual bus, then vcan0 under UML; prints a table,
-# writes bench/results/. About 14 minutes on 2 cores (links included); BENCH_ARGS=--quick for a 4-minute smoke.
+# writes bench/results/. About 22 minutes on 2 cores (links and kernel TCP under netem
+# included); BENCH_ARGS=--quick for a 6.5-minute smoke.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
