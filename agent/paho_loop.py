@@ -33,9 +33,10 @@ TCP_DEAD_PATH = (
 # The MQTT connection is a thin stream: a packet or two in flight, then silence. Linux's
 # TCP_THIN_LINEAR_TIMEOUTS (not in Python's socket module; linux/tcp.h has 16) keeps the
 # retransmission timeout linear instead of doubling for a thin stream's first six
-# retransmissions, so a request lost twice on a lossy cell is resent after 2 RTO, not 3.
-# TCP_NODELAY: a PUBACK or PUBLISH never waits behind an unacknowledged segment (Nagle).
-# Measured in UML kernel TCP under netem by bench.links_kernel (README, issue 15).
+# retransmissions: after a blackout of a few seconds the request is resent about one RTO
+# after the path is back, not up to twice the blackout later. Under random loss it made no
+# measurable difference (bench.links_kernel, README, issue 15). TCP_NODELAY: a PINGREQ loss
+# probe (agent.uplink) or a PUBACK never waits behind an unacknowledged segment (Nagle).
 TCP_THIN_LINEAR_TIMEOUTS: int = getattr(socket, "TCP_THIN_LINEAR_TIMEOUTS", 16)
 TCP_THIN = ((socket.TCP_NODELAY, 1), (TCP_THIN_LINEAR_TIMEOUTS, 1))
 TCP_OPTIONS = TCP_DEAD_PATH + TCP_THIN
