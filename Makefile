@@ -62,7 +62,7 @@ powercut-outbox-selftest: $(STAMP)
 
 # Benchmarks (issue 8): in-process on the virtual bus, then vcan0 under UML; prints a table,
 # writes bench/results/. About 22 minutes on 2 cores (links and kernel TCP under netem
-# included); BENCH_ARGS=--quick for a 6.5-minute smoke.
+# included); BENCH_ARGS=--quick for a 7.5-minute smoke.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
