@@ -41,11 +41,14 @@ async def test_a_call_over_a_slow_lossy_link_is_delivered_once(stack: Stack, spe
         held = time.monotonic()
         [received] = await stack.backend.wait_for("request", 1, timeout=60)
         incident = received.payload["incident_id"]
-        await stack.wait_status(
+        status = await stack.wait_status(
             f"incident {incident} delivered and acknowledged",
             lambda s: s.get("open_incident") == incident and s.get("outbox_pending") == 0,
             timeout=60,
         )
+    # a PUBACK takes at least the 200 ms round trip netem adds: the first loss probe (20 ms
+    # after the request) went out on the kernel's TCP before it
+    assert status["counters"].get("loss_probes", 0) >= 1, status
     requests = stack.backend.of_kind("request")
     keys = {(r.payload["incident_id"], r.payload["sequence"]) for r in requests}
     assert keys == {(incident, 1)}  # duplicates, if any, carry the same key
