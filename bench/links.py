@@ -279,7 +279,8 @@ def rows(results: dict[str, Any]) -> list[str]:
         out.append(
             f"target: 200 ms one way, 20 % loss: {share:.1%} within 2 s of {n} calls "
             f"(95 % CI {low:.1%}-{high:.1%}; 95 %: {verdict}); the link model's ceiling for "
-            f"one connection: {ceiling_text(target['mode'])}"
+            f"one connection: {ceiling_text(target['mode'])} (a fixed RTO, no SACK: the loss "
+            "probes do not show here; the kernel-TCP step measures the target)"
         )
     return out
 
