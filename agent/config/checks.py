@@ -109,21 +109,17 @@ def number(low: float, high: float) -> Check[float]:
 
 def off_or_number(low: float, high: float) -> Check[float]:
     """0 (the feature is off) or a number from ``low`` to ``high``."""
-    inner = number(low, high)
-    expected = f"0 (off) or {inner.expected}"
+    wide = number(0, high)
+    expected = f"0 (off) or a number from {low} to {high}"
 
     def parse(value: Any, ctx: Ctx) -> float:
-        if ctx.from_text and isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ctx.fail(expected, value) from None
-        if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
-            return 0.0
         try:
-            return inner(value, ctx)
+            got = wide(value, ctx)
         except ConfigError:
             raise ctx.fail(expected, value) from None
+        if 0 < got < low:
+            raise ctx.fail(expected, value)
+        return got
 
     return Check(expected, parse)
 
