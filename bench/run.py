@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,13 @@ def step(name: str, argv: list[str], out: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(out.read_text())
     data["wall_s"] = took
     return data
+
+
+def module_step(name: str, module: str, args: list[str], *, uml: bool = False) -> dict[str, Any]:
+    """``python -m bench.<module> --out <WORK>/<module>.json ARGS``, under UML if ``uml``."""
+    out = WORK / f"{module}.json"
+    prefix = [str(REPO / "hil" / "run-in-uml.sh")] if uml else []
+    return step(name, [*prefix, PYTHON, "-m", f"bench.{module}", "--out", str(out), *args], out)
 
 
 # -- targets ----------------------------------------------------------------------------------
@@ -313,23 +321,17 @@ def table(res: dict[str, Any]) -> str:
                 f"  idle CPU, {label}, {idle['seconds']:.0f} s of cyclic traffic only:  "
                 f"{idle['agent_cpu_pct']} % (machine busy {idle['machine_busy_pct']} %)"
             )
-    links = res.get("links", {})
-    if links:
-        lines += ["", "5. Links: hold threshold -> request at the backend, through hw_sim.link to"]
-        lines += ["   Mosquitto; floors measured through the same link (paho, QoS 1)"]
-        lines += (
-            ["  " + row for row in link_rows(links)]
-            if "error" not in links
-            else [f"  (not measured: {links['error']})"]
-        )
-    kernel = res.get("kernel", {})
-    if kernel:
-        lines += ["", "6. Kernel TCP under netem (UML): arrival at a subscriber on the clean side"]
-        lines += (
-            ["  " + row for row in kernel_rows(kernel)]
-            if "error" not in kernel
-            else [f"  (not measured: {kernel['error']})"]
-        )
+    lines += _section(
+        res.get("links", {}),
+        link_rows,
+        "5. Links: hold threshold -> request at the backend, through hw_sim.link to",
+        "   Mosquitto; floors measured through the same link (paho, QoS 1)",
+    )
+    lines += _section(
+        res.get("kernel", {}),
+        kernel_rows,
+        "6. Kernel TCP under netem (UML): arrival at a subscriber on the clean side",
+    )
     lines += ["", "Targets"]
     for t in res["targets"]:
         mark = "-" if t["met"] is None else ("met" if t["met"] else "MISSED")
@@ -338,6 +340,17 @@ def table(res: dict[str, Any]) -> str:
             f"  {t['target']:<62} {_f(t['value']):>8} {t['unit']:<3} {op} {t['limit']:<5} {mark}"
         )
     return "\n".join(lines)
+
+
+def _section(
+    data: dict[str, Any], rows: Callable[[dict[str, Any]], list[str]], *heading: str
+) -> list[str]:
+    """A step's own rows under its heading, or why it was not measured; nothing if not run."""
+    if not data:
+        return []
+    if "error" in data:
+        return ["", *heading, f"  (not measured: {data['error']})"]
+    return ["", *heading, *("  " + row for row in rows(data))]
 
 
 def main() -> int:
@@ -357,59 +370,16 @@ def main() -> int:
         "machine": machine(),
     }
     WORK.mkdir(parents=True, exist_ok=True)
-    res["inprocess"] = step(
-        "in-process",
-        [
-            PYTHON,
-            "-m",
-            "bench.inprocess",
-            "--out",
-            str(WORK / "inprocess.json"),
-            *plan["inprocess"],
-        ],
-        WORK / "inprocess.json",
-    )
-    res["startup"] = step(
-        "start-up",
-        [PYTHON, "-m", "bench.startup", "--out", str(WORK / "startup.json"), *plan["startup"]],
-        WORK / "startup.json",
-    )
+    res["inprocess"] = module_step("in-process", "inprocess", plan["inprocess"])
+    res["startup"] = module_step("start-up", "startup", plan["startup"])
     if not args.no_uml:
         uml_args = [*plan["uml"]]
         if args.profile:
             uml_args += ["--profile", str(WORK / "profile")]
-        res["uml"] = step(
-            "UML vcan0",
-            [
-                str(REPO / "hil" / "run-in-uml.sh"),
-                PYTHON,
-                "-m",
-                "bench.driver_uml",
-                "--out",
-                str(WORK / "uml.json"),
-                *uml_args,
-            ],
-            WORK / "uml.json",
-        )
-    res["links"] = step(
-        "links",
-        [PYTHON, "-m", "bench.links", "--out", str(WORK / "links.json"), *plan["links"]],
-        WORK / "links.json",
-    )
+        res["uml"] = module_step("UML vcan0", "driver_uml", uml_args, uml=True)
+    res["links"] = module_step("links", "links", plan["links"])
     if not args.no_uml:
-        res["kernel"] = step(
-            "kernel links",
-            [
-                str(REPO / "hil" / "run-in-uml.sh"),
-                PYTHON,
-                "-m",
-                "bench.links_kernel",
-                "--out",
-                str(WORK / "kernel.json"),
-                *plan["kernel"],
-            ],
-            WORK / "kernel.json",
-        )
+        res["kernel"] = module_step("kernel links", "links_kernel", plan["kernel"], uml=True)
     res["wall_s"] = round(time.monotonic() - t0, 1)
     res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     res["targets"] = targets(res)
