@@ -40,6 +40,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.config.schema import keys
 from agent.paho_loop import TCP_OPTIONS
 from agent.uplink import FIRST_LOSS_PROBE_S
 from bench.common import machine, summary_ms, write_json
@@ -52,7 +53,7 @@ from hw_sim.netem import in_uml, port_netem
 SPEC = "delay 200ms loss 20%"
 TOPIC = "bench/kernel"
 Options = Sequence[tuple[int, int]]
-PROBE_EVERY_S = 0.25  # mqtt.loss_probe_s's default
+PROBE_EVERY_S: float = next(k.default for k in keys() if k.name == "mqtt.loss_probe_s")
 PROBES: tuple[tuple[str, Options, tuple[float, ...]], ...] = (
     ("paho default", (), ()),
     ("agent's socket options", TCP_OPTIONS, ()),
