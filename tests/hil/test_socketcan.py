@@ -192,16 +192,18 @@ async def test_cansend_press_starts_a_call_and_candump_sees_the_led(stack: Stack
     button_filter = [{"can_id": CONNECT_BUTTON, "can_mask": 0x7FF, "extended": False}]
     buttons = can.Bus(interface="socketcan", channel=settings.channel, can_filters=button_filter)
     try:
+        # One of the module's frames is seen on this socket before it stops, so the last one
+        # drained below is the last it sent: the agent saw none after it. (Without this wait
+        # the socket can see none, and a guessed counter repeats the agent's last in 1 of 16.)
+        last = await asyncio.to_thread(buttons.recv, 10)
+        assert last is not None, "the car's button module sent nothing for 10 s"
         await stack.car_command("silent on")  # the car's button module stops sending
-        last = None
         while (message := buttons.recv(0)) is not None:
             last = message
     finally:
         buttons.shutdown()
     # Continue the module's alive counter: a repeated one would be dropped (and counted).
-    counter = 0
-    if last is not None:
-        counter = (SIM_MATRIX.raw_signals(CONNECT_BUTTON, last.data)["AliveCounter"] + 1) % 16
+    counter = (SIM_MATRIX.raw_signals(CONNECT_BUTTON, last.data)["AliveCounter"] + 1) % 16
 
     candump = await Candump.start(settings.channel, "3A2:7FF")
     try:
