@@ -7,7 +7,11 @@ restart and after an outage of ``--outage`` s under the agent's backoff and jitt
 (5 % of the fleet within the storm window) and the keep-alive's cost. Then the NATS cluster:
 memory per session, and failover: a node is killed K times with calls in flight and every
 request and cancel must reach the backend, connected through the node that is never killed.
-The last line is ``failover: K node kills, lost: L``; the exit status is 1 when L > 0. Cars are
+The real agent rides along (:class:`FleetAgent`; ``--no-agent`` leaves it out): each kill is of
+its node, just after its driver's hold passed the threshold, and its row says whether its call
+was acked and its cancel closed after the move.
+The last line is ``failover: K node kills, lost: L``; the exit status is 1 when L > 0 or the
+agent did not come through. Cars are
 :class:`hw_sim.fleet.FleetCar`, the backend is :class:`hw_sim.backend.SimulatedBackend` (MQTT
 3.1.1, persistent session). ``--no-resend`` is the self-check: it must report a loss.
 """
@@ -17,19 +21,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import random
 import resource
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.common import percentile, rss_kib
 from hw_sim.backend import SimulatedBackend
 from hw_sim.fleet import Fleet, FleetCar
 from hw_sim.fleet_wire import Sent, TcpCounters, fleet_vin, status_payload
+from hw_sim.gpsd import FakeGpsd
+from hw_sim.link import Link, LinkMode
+from hw_sim.matrix import LedMode
 from hw_sim.mosquitto import Mosquitto
 from hw_sim.nats_cluster import NatsCluster
+from hw_sim.scenario import Scenario
 
 HEADER_BYTES = 52  # per segment: IPv4 20 + TCP 20 + timestamps option 12 (Linux default)
 MONTH_S = 30 * 86400
@@ -37,6 +48,7 @@ KEEPALIVES = (20, 60, 300)
 PROBE_KEEPALIVE = 2  # the probe's own keep-alive: the exchange is the same bytes at any interval
 STORM_SHARE = 0.05
 BACKEND_NODE = 2  # the cluster node the backend uses; never killed
+AGENT_DELAY_S = 0.1  # one way, the real agent's link to each node: a PUBACK takes 200 ms
 
 
 @dataclass
@@ -282,7 +294,10 @@ async def keepalive_cost(
 # -- the NATS cluster -------------------------------------------------------------------------
 
 
-async def nats_phase(args: argparse.Namespace, report: Report, rng: random.Random) -> int:
+async def nats_phase(
+    args: argparse.Namespace, report: Report, rng: random.Random
+) -> tuple[int, bool]:
+    """Returns what was lost, and whether the real agent (if it rode along) came through."""
     async with NatsCluster() as cluster:
         nodes = [(cluster.host, node.mqtt_port) for node in cluster.nodes]
         async with SimulatedBackend(
@@ -319,9 +334,125 @@ async def nats_phase(args: argparse.Namespace, report: Report, rng: random.Rando
                     f"RSS of 3 nodes {before >> 20} -> {after >> 20} MiB (connected in "
                     f"{took:.1f} s); each session is replicated to all 3 (R3)",
                 )
-                lost = await failover(args, cluster, cars, backend, report=report, rng=rng)
+                async with contextlib.AsyncExitStack() as stack:
+                    agent = None
+                    if args.agent:
+                        agent = await stack.enter_async_context(
+                            fleet_agent(cluster, nodes[BACKEND_NODE][1], args.budget)
+                        )
+                    lost = await failover(
+                        args, cluster, cars, backend, report=report, rng=rng, agent=agent
+                    )
+                    agent_ok = agent is None or agent.came_through()
                 await fleet.aclose()
-    return lost
+    return lost, agent_ok
+
+
+SETTLED_LED = {"request": LedMode.CONNECTED, "cancel": LedMode.READY}  # the answer came back
+
+
+class FleetAgent:
+    """The real agent among the fleet cars: :class:`hw_sim.scenario.Scenario` in this process
+    (its car and gateway on the ``virtual`` bus, a fake gpsd, MQTT 3.1.1), its ``mqtt.host`` the
+    two nodes that die in turn, each behind a :class:`hw_sim.link.Link` with ``AGENT_DELAY_S``
+    each way (a cellular round trip). Every kill is of the agent's node, so it moves with the
+    mass of cars: just before the kill its driver holds CONNECT (a call; at the next kill the
+    cancel of that call), and the node dies as soon as the LED shows the hold threshold has
+    passed, before the PUBACK can be back. Acks come only from the fleet's backend; the
+    scenario's own backend just watches."""
+
+    def __init__(self, sim: Scenario, nodes: dict[int, int]) -> None:
+        self.sim = sim
+        self.nodes = nodes  # link port -> cluster node index
+        self.kills: list[tuple[bool, str]] = []  # per kill: came through?, what happened
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return {**self.sim.agent.counters, **self.sim.agent.uplink.counters}
+
+    async def node(self, timeout: float) -> int | None:
+        """The node the agent is connected to, once it is; None (and noted) if not in time."""
+        uplink = self.sim.agent.uplink
+        try:
+            await self.sim.agent.wait_until(lambda: uplink.connected, timeout)
+        except TimeoutError:
+            self.kills.append((False, f"not connected within {timeout:g} s before the kill"))
+            return None
+        return self.nodes[int(uplink.broker.rsplit(":", 1)[1])]
+
+    async def hold(self, group: asyncio.TaskGroup, timeout: float) -> str:
+        """Hold CONNECT until the LED shows the call (or the cancel of the open one) was made;
+        return its kind ("" and noted if the LED did not show it in time). The release
+        follows in ``group``."""
+        sim = self.sim
+        kind = "cancel" if sim.led.mode is LedMode.CONNECTED else "request"
+        shows = LedMode.CANCELLED if kind == "cancel" else LedMode.CALLING
+        group.create_task(sim.car.hold(2100), name="the agent's driver holds CONNECT")
+        try:
+            await sim.led.wait_for(shows, timeout)
+        except TimeoutError:
+            self.kills.append((False, f"held for a {kind}: no LED {shows.name.lower()} in time"))
+            return ""
+        return kind
+
+    def pending(self, kind: str) -> bool:
+        return any(entry.key[0] == kind for entry in self.sim.agent.outbox.pending())
+
+    async def settle(self, kind: str, at_kill: bool, killed: float, timeout: float) -> None:
+        """Wait until the outbox is empty and the LED shows the answer (connected: the ack came
+        back) and note how long after the kill that was."""
+        sim = self.sim
+        done = SETTLED_LED[kind]
+        state = "not yet PUBACKed" if at_kill else "PUBACKed"
+        try:
+            await sim.agent.wait_until(lambda: sim.agent.outbox.count() == 0, timeout)
+            await sim.led.wait_for(done, timeout)
+        except TimeoutError:
+            self.kills.append(
+                (False, f"{kind} {state} at the kill, not {done.name.lower()} in time")
+            )
+        else:
+            took = time.monotonic() - killed
+            self.kills.append(
+                (True, f"{kind} {state} at the kill, {done.name.lower()} after {took:.1f} s")
+            )
+
+    def sent(self) -> set[Sent]:
+        """Every request and cancel the agent made: PUBACKed, or still in its outbox."""
+        keys = [*self.sim.agent.deliveries, *(e.key for e in self.sim.agent.outbox.pending())]
+        return {Sent(*key) for key in keys if key[0] in ("request", "cancel")}
+
+    def came_through(self) -> bool:
+        """Every kill's call was acked (the LED connected) and every cancel closed (ready)."""
+        return all(ok for ok, _ in self.kills)
+
+
+@contextlib.asynccontextmanager
+async def fleet_agent(
+    cluster: NatsCluster, backend_port: int, timeout: float
+) -> AsyncIterator[FleetAgent]:
+    n0, n1 = (node.mqtt_port for node in cluster.nodes[:2])
+    cellular = LinkMode(delay_s=AGENT_DELAY_S)
+    with tempfile.TemporaryDirectory(prefix="fleet-agent-") as directory:
+        async with (
+            Link(n0, mode=cellular) as l0,
+            Link(n1, mode=cellular) as l1,
+            FakeGpsd(interval=0.2) as gpsd,
+            Scenario(
+                Path(directory),
+                l0.port,
+                gpsd.port,
+                protocol="3.1.1",
+                backend_port=backend_port,
+                auto_ack=None,
+                overrides={
+                    "mqtt.host": f"{cluster.host}:{l0.port},{cluster.host}:{l1.port}",
+                    "button.cancel_window_s": "600",  # the next kill's hold cancels the call
+                },
+                ready_s=timeout,
+            ) as sim,
+        ):
+            yield FleetAgent(sim, {l0.port: 0, l1.port: 1})
 
 
 async def failover(
@@ -332,6 +463,7 @@ async def failover(
     *,
     report: Report,
     rng: random.Random,
+    agent: FleetAgent | None = None,
 ) -> int:
     stop = asyncio.Event()
     open_calls: dict[FleetCar, str] = {}
@@ -357,9 +489,13 @@ async def failover(
     async with asyncio.TaskGroup() as group:
         group.create_task(background(), name="failover calls")
         for _ in range(args.kills):
-            victim = max(
-                (0, 1), key=lambda i: sum(cluster.index_of(c.broker[1]) == i for c in cars)
-            )
+            acting, victim = "", None
+            if agent is not None and (victim := await agent.node(args.budget)) is not None:
+                acting = await agent.hold(group, args.budget)
+            if victim is None:
+                victim = max(
+                    (0, 1), key=lambda i: sum(cluster.index_of(c.broker[1]) == i for c in cars)
+                )
             port = cluster.nodes[victim].mqtt_port
             moved = [c for c in cars if c.connected.is_set() and c.broker[1] == port]
             for car in rng.sample(moved, min(len(moved), args.in_flight)):
@@ -369,9 +505,10 @@ async def failover(
                 r.kind == "status" and r.payload.get("state") == "offline" for r in backend.received
             )
             connects = [c.connects for c in moved]
+            agent_pending = agent is not None and bool(acting) and agent.pending(acting)
             killed = time.monotonic()
             await cluster.kill(victim)
-            in_flight += flying
+            in_flight += flying + agent_pending
             with contextlib.suppress(TimeoutError):  # bounded: the loss check still runs
                 await until(
                     lambda: all(c.connects > n for c, n in zip(moved, connects, strict=True)),  # noqa: B023
@@ -380,6 +517,8 @@ async def failover(
                 )
             back = sum(c.connects > n for c, n in zip(moved, connects, strict=True))
             reconnects.append(max((c.connected_at for c in moved), default=killed) - killed)
+            if agent is not None and acting:
+                await agent.settle(acting, agent_pending, killed, args.budget)
             restarted = time.monotonic()
             try:
                 await cluster.start_node(victim, timeout=args.budget)
@@ -401,6 +540,8 @@ async def failover(
             )
         stop.set()
     sent = {what for car in cars for what in car.sent}
+    if agent is not None:
+        sent |= agent.sent()
     with contextlib.suppress(TimeoutError):
         await until(lambda: sent <= received(backend), args.settle, "every message at the backend")
     missing = sent - received(backend)
@@ -411,6 +552,11 @@ async def failover(
 
     with contextlib.suppress(TimeoutError):  # acks route back through the cars' nodes
         await until(lambda: requests <= acked(), args.settle, "every ack at its car")
+    # What the operator's screen ends with: the retained status of a car that is connected
+    shown_offline = sum(
+        car.connected.is_set() and backend.status.get(car.vin, {}).get("state") == "offline"
+        for car in cars
+    )
     report.add(
         "NATS failover: moved cars back (after kill)",
         f"{max(reconnects):.1f} s worst",
@@ -426,12 +572,27 @@ async def failover(
         f"requests and cancels; acks back at the cars for {len(requests & acked())}/"
         f"{len(requests)} requests ({sum(c.repeats for c in cars)} requests published again "
         f"after {cars[0].ack_timeout:g} s without an ack); {backend.duplicates} duplicates "
-        f"(same incident_id, sequence) at the backend; offline statuses during kills: {wills}; "
+        f"(same incident_id, sequence) at the backend; offline statuses during kills: {wills}, "
+        f"connected cars still shown offline at the end: {shown_offline}; "
         f"SUBACKs refused (0x80): {sum(c.suback_failures for c in cars)} at "
         f"{sum(c.suback_failures > 0 for c in cars)} cars, SUBSCRIBEs again: "
         f"{sum(c.suback_retries for c in cars)}"
         + f", revives on ack timeouts ({args.revive}): {sum(c.revives for c in cars)}",
     )
+    if agent is not None:
+        counters = agent.counters
+        report.add(
+            "NATS failover: the real agent",
+            "came through" if agent.came_through() else "FAILED",
+            "",
+            "its node killed each time: "
+            + "; ".join(f"kill {i}: {k}" for i, (_, k) in enumerate(agent.kills, 1))
+            + f"; shown {backend.status.get(agent.sim.agent.vin, {}).get('state')} at the end"
+            + f"; {len(agent.sent() - received(backend))} of its {len(agent.sent())} requests "
+            "and cancels missing at the backend; SUBACKs refused: "
+            f"{counters.get('subscribe_refused', 0)}, SUBSCRIBEs again on an ack timeout: "
+            f"{counters.get('resubscribes', 0)}",
+        )
     return len(missing)
 
 
@@ -442,15 +603,16 @@ async def main_async(args: argparse.Namespace) -> int:
     started = time.monotonic()
     print(f"fleet: {args.cars} cars, {args.kills} node kills", flush=True)
     await mosquitto_phase(args, report, rng)
-    lost = await nats_phase(args, report, rng)
+    lost, agent_ok = await nats_phase(args, report, rng)
     report.add("whole run", f"{time.monotonic() - started:.0f} s")
     print()
     report.print()
     print(f"failover: {args.kills} node kills, lost: {lost}")
-    return 1 if lost else 0
+    return 1 if lost or not agent_ok else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="  .. %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cars", type=int, default=1000)
     parser.add_argument("--kills", type=int, default=3)
@@ -485,6 +647,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="subscribe",
         help="what a car does on an ack timeout before repeating the request: SUBSCRIBE again "
         "(default), UNSUBSCRIBE + SUBSCRIBE, reconnect once with clean session true, or none",
+    )
+    parser.add_argument(
+        "--no-agent",
+        dest="agent",
+        action="store_false",
+        help="leave out the real agent, which otherwise rides along and its node is killed",
     )
     parser.add_argument(
         "--no-resend",

@@ -122,8 +122,10 @@ class Scenario(Service):
         ecu_vin: str = VIN,
         backend_port: int | None = None,  # the backend's own way to the broker (not a link's)
         car: bool = True,
+        ready_s: float = 10.0,  # how long entry waits for the LED and the status
     ) -> None:
         self.car_running = car
+        self.ready_s = ready_s
         self.directory = Path(directory)
         self.channel = channel or f"connect-sim-{os.getpid()}-{id(self)}"
         self.interface = interface
@@ -162,8 +164,8 @@ class Scenario(Service):
         self._task = asyncio.create_task(self.agent.run(self.stop), name="agent")
         try:
             if self.car_running:
-                await self.led.wait_for(LedMode.READY, timeout=10)
-            await self.backend.wait_status(VIN, "state", "online", timeout=10)
+                await self.led.wait_for(LedMode.READY, timeout=self.ready_s)
+            await self.backend.wait_status(VIN, "state", "online", timeout=self.ready_s)
         except BaseException:
             await self.aclose()
             raise

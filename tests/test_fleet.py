@@ -1,4 +1,5 @@
-"""``make fleet`` in small: 20 simulated cars, real Mosquitto, a real 3-node NATS cluster, one kill.
+"""``make fleet`` in small: 20 simulated cars and the real agent, real Mosquitto, a real 3-node
+NATS cluster, one kill (of the agent's node).
 
 The fleet runs as ``python -m bench.fleet`` does under ``make fleet``; its oracle is the backend
 simulator (paho, not the cars' codec), which must have received every request and cancel the
@@ -93,6 +94,13 @@ def test_a_tiny_fleet_loses_nothing_when_a_node_dies() -> None:
     assert run.returncode == 0
     assert "reconnect after Mosquitto restart" in run.stdout
     assert "keep-alive 300 s" in run.stdout
+    # The real agent rode along: its node was the one killed, and its call came through.
+    [agent] = [
+        line for line in run.stdout.splitlines() if line.startswith("NATS failover: the real")
+    ]
+    assert " came through " in agent, agent
+    assert "kill 1: request not yet PUBACKed at the kill, connected after " in agent, agent
+    assert "; 0 of its 1 requests and cancels missing" in agent, agent
 
 
 def test_without_resending_the_check_reports_the_loss() -> None:
