@@ -13,7 +13,7 @@
    500 ms one way with 0, 5, 20 % loss) beside the floors measured through the same link.
 5. ``bench.links_kernel`` through ``hil/run-in-uml.sh``: 200 ms one way, 20 % loss made by
    the UML kernel's netem, retransmitted by its TCP: bare paho clients with and without the
-   agent's socket options, then the agent's calls.
+   agent's socket options, the same through 2 and 5 s blackouts, then the agent's calls.
 
 Each step runs in a fresh process; the results go to ``bench/results/latest.json`` and, for a
 full run, ``bench/results/<date>-<host>.json``. ``--quick`` is a smoke run (about 2 minutes):
@@ -47,7 +47,7 @@ FULL = {
     "startup": ["--runs", "5"],
     "uml": ["--calls", "200", "--load-calls", "200", "--total-calls", "1000", "--idle-s", "30"],
     "links": ["--calls", "10"],
-    "kernel": ["--calls", "40", "--samples", "400", "--clients", "80"],
+    "kernel": ["--calls", "40", "--samples", "400", "--clients", "80", "--blackouts", "2,5"],
 }
 QUICK = {
     "inprocess": ["--calls", "30", "--load-calls", "30", "--idle-s", "5", "--floor", "100"],
@@ -57,7 +57,10 @@ QUICK = {
         *("--idle-s", "5", "--floor", "100"),
     ],
     "links": ["--calls", "3"],
-    "kernel": ["--calls", "3", "--samples", "40", "--clients", "10"],
+    "kernel": [
+        *("--calls", "3", "--samples", "40", "--clients", "10"),
+        *("--blackouts", "2", "--blackout-rounds", "1", "--blackout-clients", "5"),
+    ],
 }
 
 

@@ -34,9 +34,18 @@ async def tc(*argv: str) -> str:
     return text
 
 
+async def change_netem(spec: str, device: str = "lo") -> None:
+    """Change the netem that :func:`port_netem` put on ``device`` (e.g. ``"loss 100%"`` for a
+    blackout and back), in place: the port's connections stay open."""
+    await tc(
+        "qdisc", "change", "dev", device, "parent", "1:3", "handle", "30:", "netem", *spec.split()
+    )
+
+
 @contextlib.asynccontextmanager
 async def port_netem(port: int, spec: str, device: str = "lo") -> AsyncIterator[None]:
-    """Packets to or from TCP ``port`` on ``device`` go through ``netem spec``; removed after."""
+    """Packets to or from TCP ``port`` on ``device`` go through ``netem spec``; removed after.
+    One at a time per device; :func:`change_netem` changes it while it is on."""
     if not in_uml():
         raise RuntimeError("netem on loopback only inside the UML kernel (hil/run-in-uml.sh)")
     # a prio qdisc whose every priority maps to band 1:2 (untouched); the filters move the
