@@ -49,7 +49,8 @@ PROBE_KEEPALIVE = 2  # the probe's own keep-alive: the exchange is the same byte
 STORM_SHARE = 0.05
 BACKEND_NODE = 2  # the cluster node the backend uses; never killed
 REDELIVERED_BY_S = 45.0  # after a kill: NATS's AckWait (30 s) after stalls of up to 15 s
-AGENT_DELAY_S = 0.1  # one way, the real agent's link to each node: a PUBACK takes 200 ms
+AGENT_DELAY_S = 0.2  # one way, the real agent's link to each node: a PUBACK takes 400 ms
+AGENT_SETTLE_S = 90.0  # at least this long for the agent's answer after a kill (any --budget)
 
 
 @dataclass
@@ -339,7 +340,9 @@ async def nats_phase(
                     agent = None
                     if args.agent:
                         agent = await stack.enter_async_context(
-                            fleet_agent(cluster, nodes[BACKEND_NODE][1], args.budget)
+                            fleet_agent(
+                                cluster, nodes[BACKEND_NODE][1], max(args.budget, AGENT_SETTLE_S)
+                            )
                         )
                     lost = await failover(
                         args, cluster, cars, backend, report=report, rng=rng, agent=agent
@@ -351,17 +354,24 @@ async def nats_phase(
 
 async def retained_states(cluster: NatsCluster, vins: Sequence[str]) -> dict[str, str]:
     """The retained ``status`` state of each of ``vins``, as a new subscriber through the
-    backend's node gets it now: what the broker holds, not what reached the backend when."""
-    async with SimulatedBackend(
-        cluster.host,
-        cluster.nodes[BACKEND_NODE].mqtt_port,
-        protocol="3.1.1",
-        client_id=f"fleet-retained-{time.monotonic_ns()}",
-        auto_ack=None,
-    ) as reader:
-        with contextlib.suppress(TimeoutError):
-            await until(lambda: set(vins) <= set(reader.status), 30, "the retained statuses")
-        return {vin: str(reader.status.get(vin, {}).get("state")) for vin in vins}
+    backend's node gets it now: what the broker holds, not what reached the backend when.
+    Empty if the cluster does not let a new subscriber in within a minute (it may still be
+    catching up after the kills): the bench goes on and its row says so."""
+    try:
+        async with SimulatedBackend(
+            cluster.host,
+            cluster.nodes[BACKEND_NODE].mqtt_port,
+            protocol="3.1.1",
+            client_id=f"fleet-retained-{time.monotonic_ns()}",
+            auto_ack=None,
+            connect_timeout=60,
+        ) as reader:
+            with contextlib.suppress(TimeoutError):
+                await until(lambda: set(vins) <= set(reader.status), 60, "the retained statuses")
+            return {vin: str(reader.status.get(vin, {}).get("state")) for vin in vins}
+    except (TimeoutError, OSError) as exc:
+        print(f"  .. the retained statuses not read: {type(exc).__name__} {exc}", flush=True)
+        return {}
 
 
 SETTLED_LED = {"request": LedMode.CONNECTED, "cancel": LedMode.READY}  # the answer came back
@@ -535,7 +545,7 @@ async def failover(
             back = sum(c.connects > n for c, n in zip(moved, connects, strict=True))
             reconnects.append(max((c.connected_at for c in moved), default=killed) - killed)
             if agent is not None and acting:
-                await agent.settle(acting, agent_pending, killed, args.budget)
+                await agent.settle(acting, agent_pending, killed, max(args.budget, AGENT_SETTLE_S))
             restarted = time.monotonic()
             try:
                 await cluster.start_node(victim, timeout=args.budget)
@@ -596,7 +606,8 @@ async def failover(
         f"after {cars[0].ack_timeout:g} s without an ack); {backend.duplicates} duplicates "
         f"(same incident_id, sequence) at the backend; offline statuses during kills: {wills}, "
         f"connected cars the backend shows offline {REDELIVERED_BY_S:g} s after the last kill: "
-        f"{len(offline)}, their retained status online: {stale}; "
+        f"{len(offline)}, their retained status online: "
+        f"{stale if retained else 'not read'}; "
         f"SUBACKs refused (0x80): {sum(c.suback_failures for c in cars)} at "
         f"{sum(c.suback_failures > 0 for c in cars)} cars, SUBSCRIBEs again: "
         f"{sum(c.suback_retries for c in cars)}"

@@ -48,7 +48,9 @@ class SimulatedBackend(Service):
         protocol: str = "5",
         auto_ack: str | None = "received",
         client_id: str = "assistance-backend-sim",
+        connect_timeout: float = 10.0,  # for the CONNACK and the SUBACK
     ) -> None:
+        self.connect_timeout = connect_timeout
         self.host = host
         self.port = port
         self.root = root
@@ -89,7 +91,7 @@ class SimulatedBackend(Service):
             None, partial(self._client.connect, self.host, self.port, 30, **kwargs)
         )
         self._client.loop_start()
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(self.connect_timeout):
             await self._connected.wait()
 
     async def aclose(self) -> None:
