@@ -5,7 +5,8 @@
 Mosquitto first: broker memory per session, the time for the fleet to reconnect after a broker
 restart and after an outage of ``--outage`` s under the agent's backoff and jitter, a call storm
 (5 % of the fleet within the storm window) and the keep-alive's cost. Then the NATS cluster:
-memory per session, and failover: a node is killed K times with calls in flight and every
+memory per session, and failover: a node is frozen and killed K times with calls written to it
+in between (never read, so surely not PUBACKed) and every
 request and cancel must reach the backend, connected through the node that is never killed.
 The real agent rides along (:class:`FleetAgent`; ``--no-agent`` leaves it out): each kill is of
 its node, just after its driver's hold passed the threshold, and its row says whether its call
@@ -525,6 +526,7 @@ async def failover(
                 )
             port = cluster.nodes[victim].mqtt_port
             moved = [c for c in cars if c.connected.is_set() and c.broker[1] == port]
+            cluster.freeze(victim)  # it hangs, then dies: what is written now it never reads
             for car in rng.sample(moved, min(len(moved), args.in_flight)):
                 call_or_cancel(car)  # written to the socket; the node dies before its PUBACK
             flying = sum(c.pending for c in moved)

@@ -218,8 +218,16 @@ class NatsCluster(Service):
                 return index
         raise KeyError(port)
 
+    def freeze(self, index: int) -> None:
+        """SIGSTOP node ``index``: its sockets stay open, and what its clients write from now on
+        waits unread in the kernel (a node that hangs; :meth:`kill` then loses it for sure)."""
+        process = self.nodes[index].process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGSTOP)
+
     async def kill(self, index: int) -> None:
-        """SIGKILL node ``index``: no goodbye to its clients or to the other nodes."""
+        """SIGKILL node ``index`` (frozen or not): no goodbye to its clients or to the other
+        nodes."""
         process, self.nodes[index].process = self.nodes[index].process, None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGKILL)
