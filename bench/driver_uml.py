@@ -37,7 +37,7 @@ from typing import Any
 
 import can
 
-from agent.core.frames import CONNECT_LED, LedMode
+from agent.core.frames import CONNECT_LED
 from agent.inputs.can_bus import BusReader, open_bus
 from agent.waiters import Waiters
 from bench.agent_proc import AgentProcess
@@ -68,6 +68,7 @@ from bench.driver import (
     run_phases,
 )
 from hw_sim.car import LedObserver, SimulatedCar
+from hw_sim.matrix import LedMode
 from hw_sim.mosquitto import Mosquitto, free_port
 from hw_sim.scenario import config_text
 from hw_sim.service import Service

@@ -171,8 +171,8 @@ async def main_async(args: argparse.Namespace) -> int:
                         )
                     describe(cluster, cars, again, args.dump, -1)
                     for kind in KINDS:
-                        tried = [c.vin for c in lost if c.revive == kind][:3]
-                        shot = snapshot(cluster, tried)
+                        vins = [c.vin for c in lost if c.revive == kind][:3]
+                        shot = snapshot(cluster, vins)
                         counts = {
                             vin: {k: len(v) for k, v in d.items() if "consumers" in k}
                             for vin, d in shot.items()

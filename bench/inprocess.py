@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import config as config_module
-from agent.core.frames import CONNECT_LED, LedMode
+from agent.core.frames import CONNECT_LED
 from agent.inputs.can_bus import open_bus
 from agent.inputs.uds import REQUEST_ID
 from bench.busgen import ThreadLoad, frame_mix
@@ -67,6 +67,7 @@ from bench.driver import (
 )
 from hw_sim.car import LedObserver, SimulatedCar
 from hw_sim.ecu import SimulatedEcu
+from hw_sim.matrix import LedMode
 from hw_sim.mosquitto import Mosquitto, free_port
 from hw_sim.observed import ObservedAgent as Agent
 from hw_sim.scenario import Scenario, config_text
