@@ -49,8 +49,10 @@ class SimulatedBackend(Service):
         auto_ack: str | None = "received",
         client_id: str = "assistance-backend-sim",
         connect_timeout: float = 10.0,  # for the CONNACK and the SUBACK
+        persistent: bool = True,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.persistent = persistent
         self.host = host
         self.port = port
         self.root = root
@@ -66,12 +68,13 @@ class SimulatedBackend(Service):
         self._waiters = Waiters()
         self._connected = asyncio.Event()
         # A persistent session, as a real backend has: what vehicles publish while it is
-        # reconnecting waits for it at the broker.
+        # reconnecting waits for it at the broker. persistent=False is a passing look (clean
+        # session, QoS 0: no session or queue at the broker), e.g. at the retained statuses.
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311,
-            clean_session=None if protocol == "5" else False,
+            clean_session=None if protocol == "5" else not persistent,
         )
         self._client.reconnect_delay_set(min_delay=0.1, max_delay=1)  # type: ignore[arg-type]  # floats work
         self._client.on_connect = self._on_connect
@@ -85,8 +88,8 @@ class SimulatedBackend(Service):
         kwargs: dict[str, Any] = {}
         if self.protocol == "5":
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = 3600
-            kwargs = {"clean_start": False, "properties": props}
+            props.SessionExpiryInterval = 3600 if self.persistent else 0
+            kwargs = {"clean_start": not self.persistent, "properties": props}
         await self._loop.run_in_executor(
             None, partial(self._client.connect, self.host, self.port, 30, **kwargs)
         )
@@ -107,7 +110,7 @@ class SimulatedBackend(Service):
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
     ) -> None:
-        client.subscribe(f"{self.root}/+/+", qos=1)
+        client.subscribe(f"{self.root}/+/+", qos=1 if self.persistent else 0)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._connected.set)
 

@@ -10,6 +10,7 @@ comes before the PUBACK of the calls written just before it, so the check can fa
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,9 @@ def test_a_tiny_fleet_loses_nothing_when_a_node_dies() -> None:
     assert run.returncode == 0
     assert "reconnect after Mosquitto restart" in run.stdout
     assert "keep-alive 300 s" in run.stdout
+    # acks route back: every car's request answered at the car, through the node it moved to
+    [acks] = re.findall(r"acks back at the cars for (\d+)/(\d+) requests", run.stdout)
+    assert acks[0] == acks[1] != "0", run.stdout
     # The real agent rode along: its node was the one killed, and its call came through.
     [agent] = [
         line for line in run.stdout.splitlines() if line.startswith("NATS failover: the real")
